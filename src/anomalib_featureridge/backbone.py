@@ -1,0 +1,187 @@
+"""Frozen timm feature extractors with strict layer checks and offline-friendly weight loading.
+
+anomalib's own extractor drops unknown layer names with a warning and lets timm retry a
+download for most of a minute when there is no network. Both hide a wrong setup, so this module
+checks the layer names against the backbone, loads local weights strictly for the layers used,
+and fails within seconds, with the way out, when pretrained weights cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+NETWORK_PROBE_TIMEOUT_S = 3.0
+
+
+class BackboneWeightsError(RuntimeError):
+    """Backbone weights are missing, unreachable or do not fit the architecture."""
+
+
+def available_layers(backbone: str) -> list[str]:
+    """Names of the feature levels that ``backbone`` exposes (built on the meta device: no memory, no download)."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(backbone, pretrained=False, features_only=True)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            msg = f"Unknown timm backbone {backbone!r}. See timm.list_models() for the names."
+            raise ValueError(msg) from error
+        raise
+    return list(model.feature_info.module_name())
+
+
+def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
+    """Map layer names to timm ``out_indices``, refusing names the backbone does not have."""
+    names = available_layers(backbone)
+    unknown = [layer for layer in layers if layer not in names]
+    if unknown:
+        msg = f"Backbone {backbone!r} has no layer {unknown}. Its feature layers are: {names}."
+        raise ValueError(msg)
+    return [names.index(layer) for layer in layers]
+
+
+def _weights_host(backbone: str) -> str | None:
+    """Host that timm would download ``backbone``'s default pretrained weights from."""
+    config = timm.models.get_pretrained_cfg(backbone)
+    if config is None:
+        return None
+    if config.hf_hub_id:
+        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    return urlparse(config.url).hostname if config.url else None
+
+
+def _cached_weights(backbone: str) -> Path | None:
+    """Path of ``backbone``'s default weights in the local Hugging Face or torch hub cache, if present."""
+    config = timm.models.get_pretrained_cfg(backbone)
+    if config is None:
+        return None
+    if config.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, _, revision = config.hf_hub_id.partition("@")
+        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+    if config.url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(config.url).path).name
+        return candidate if candidate.is_file() else None
+    return None
+
+
+def _reachable(host: str) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=NETWORK_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (tensors only, no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Backbone weights file not found: {path}"
+        raise BackboneWeightsError(msg)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper_key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
+            state = state[wrapper_key]
+    if not isinstance(state, dict):
+        msg = f"{path} does not hold a state dict (found {type(state).__name__})."
+        raise BackboneWeightsError(msg)
+    return state
+
+
+def load_backbone_weights(features: nn.Module, backbone: str, path: str | Path) -> None:
+    """Load a timm state dict into a ``features_only`` model, strictly for the layers it uses.
+
+    Keys of the full architecture that the truncated model does not use (deeper stages, the
+    classifier) are ignored; any missing key, foreign key or shape mismatch is an error that
+    lists them.
+    """
+    state = read_state_dict(path)
+    expected = features.state_dict()
+    with torch.device("meta"):
+        architecture_keys = set(timm.create_model(backbone, pretrained=False).state_dict())
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected) - architecture_keys)
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"missing keys ({len(missing)}): {missing[:10]}")
+        if unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected[:10]}")
+        if mismatched:
+            problems.append(f"shape mismatches ({len(mismatched)}): {mismatched[:10]}")
+        msg = f"Weights file {path} does not match backbone {backbone!r}: " + "; ".join(problems)
+        raise BackboneWeightsError(msg)
+    features.load_state_dict({key: state[key] for key in expected}, strict=True)
+
+
+def create_feature_extractor(
+    backbone: str,
+    layers: Sequence[str],
+    pre_trained: bool = True,
+    backbone_weights: str | Path | None = None,
+) -> nn.Module:
+    """Build a frozen ``features_only`` timm model returning the feature maps of ``layers``.
+
+    ``backbone_weights`` (a local file) takes precedence over ``pre_trained`` and never touches
+    the network. ``pre_trained`` uses the local cache when it has the weights and otherwise
+    downloads them as timm does, after a quick reachability check so that an offline machine
+    gets an immediate, actionable error instead of a minute of retries.
+    """
+    out_indices = layer_indices(backbone, layers)
+    if backbone_weights is not None:
+        features = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
+        load_backbone_weights(features, backbone, backbone_weights)
+    elif pre_trained:
+        features = _create_pretrained(backbone, out_indices)
+    else:
+        features = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
+    features.eval()
+    for parameter in features.parameters():
+        parameter.requires_grad_(False)
+    return features
+
+
+def _create_pretrained(backbone: str, out_indices: list[int]) -> nn.Module:
+    cached = _cached_weights(backbone)
+    if cached is not None:
+        return timm.create_model(
+            backbone,
+            pretrained=True,
+            features_only=True,
+            out_indices=out_indices,
+            pretrained_cfg_overlay={"file": str(cached)},
+        )
+    host = _weights_host(backbone)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"}
+    if host is None or offline or not _reachable(host):
+        reason = "HF_HUB_OFFLINE is set" if offline else f"{host or 'the weights server'} cannot be reached"
+        msg = (
+            f"Cannot download pretrained weights for {backbone!r}: {reason}, and they are not in the local cache. "
+            f"Pass a local timm state dict with backbone_weights=PATH (CLI: --model.backbone_weights PATH), "
+            f"or pre_trained=False for random weights."
+        )
+        raise BackboneWeightsError(msg)
+    return timm.create_model(backbone, pretrained=True, features_only=True, out_indices=out_indices)

@@ -1,0 +1,139 @@
+"""FeatureRidge as an anomalib model: ``anomalib train --model FeatureRidge``.
+
+One pass over the normal training images accumulates the Ridge statistics; the map is solved in
+closed form when the epoch ends (no optimiser, no coreset search). Scoring is the backbone plus
+one 3x3 convolution.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_featureridge import FeatureRidge
+    >>> model = FeatureRidge(backbone="wide_resnet50_2", layers=["layer2", "layer3"], alpha=1.0)
+    >>> engine = Engine()
+    >>> engine.train(model=model, datamodule=MVTecAD(category="bottle"))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPRO, AUROC, F1Score, Evaluator
+from anomalib.models.components import AnomalibModule, MemoryBankMixin
+from anomalib.post_processing import PostProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+
+from .torch_model import FeatureRidgeModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureRidge"]
+
+
+class FeatureRidge(MemoryBankMixin, AnomalibModule):
+    """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
+
+    Args:
+        backbone: Any timm CNN. The default matches anomalib's Patchcore so that both compare
+            like for like; the paper used ``wide_resnet101_2``.
+        layers: ``[shallow, deep]``; the shallow map (with its 3x3 neighbours) predicts the deep one.
+        pre_trained: Use timm's ImageNet weights, downloaded as anomalib does.
+        backbone_weights: Path to a local timm state dict, for machines without network access.
+        alpha: Ridge penalty (paper: 1.0).
+        sigma: Gaussian smoothing of the anomaly map in pixels (0 = off).
+        keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
+            can be added later with ``model.model.update(images)``; ``False`` gives smaller
+            checkpoints.
+        pre_processor, post_processor, evaluator, visualizer: As in every anomalib model.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | Path | None = None,
+        alpha: float = 1.0,
+        sigma: float = 4.0,
+        keep_statistics: bool = True,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model: FeatureRidgeModel = FeatureRidgeModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            alpha=alpha,
+            sigma=sigma,
+            keep_statistics=keep_statistics,
+        )
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        """FeatureRidge is solved in closed form: no optimiser."""
+        return
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3), the figures the paper reports."""
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+        ]
+        return Evaluator(test_metrics=test_metrics)
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """anomalib's default one-class post-processor."""
+        return PostProcessor()
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
+        """Accumulate the batch's features into the Ridge statistics."""
+        del args, kwargs
+        self.model.accumulate(batch.image)
+        return torch.tensor(0.0, requires_grad=True, device=self.device)
+
+    def fit(self) -> None:
+        """Solve the Ridge map once the training epoch has been seen."""
+        if self.model.statistics.is_empty:
+            msg = (
+                "FeatureRidge saw no training images: the training set is empty. Check the dataset root, "
+                "category and the train/good folder."
+            )
+            raise ValueError(msg)
+        logger.info("Solving the Ridge map from %d feature vectors.", int(self.model.statistics.count))
+        self.model.fit()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
+        """Score a validation batch."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """One pass over the data, no sanity validation, one device (the statistics live on one)."""
+        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """Trained on normal images only."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,138 @@
+"""Streaming closed-form Ridge regression between two feature maps.
+
+The fit never holds more than one batch of features: it accumulates the sufficient statistics
+(count, sums, ``X^T X`` and ``X^T Y``) in float64 and solves the centred normal equations once.
+Because sums commute, the solution is independent of batch size and order, and new images can be
+added later without revisiting the old ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Rows of X per chunk while accumulating: bounds the float64 working set to about 64 MiB per
+# 1000 input channels, whatever the batch or image size.
+_ROWS_PER_CHUNK = 8192
+
+
+class RidgeStatistics(nn.Module):
+    """Sufficient statistics of ``y ~ W x + b`` in float64, kept as buffers so they checkpoint.
+
+    The buffers start empty and are sized on the first update; an empty state (also after
+    :meth:`clear`) means "no statistics", which is how a model whose statistics were dropped
+    to save space is recognised.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("sum_x", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("sum_y", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("xtx", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("xty", torch.empty(0, dtype=torch.float64))
+        self.count: torch.Tensor
+        self.sum_x: torch.Tensor
+        self.sum_y: torch.Tensor
+        self.xtx: torch.Tensor
+        self.xty: torch.Tensor
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        # The buffers are sized by the data, so take the checkpoint's shapes before copying.
+        for name in ("sum_x", "sum_y", "xtx", "xty"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, dtype=torch.float64, device=self.count.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no rows have been accumulated (or the statistics were dropped)."""
+        return self.xtx.numel() == 0 or float(self.count) == 0.0
+
+    def clear(self) -> None:
+        """Drop the statistics (they can be large: ``(9 C)^2`` float64 values)."""
+        device = self.count.device
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        for name in ("sum_x", "sum_y", "xtx", "xty"):
+            setattr(self, name, torch.empty(0, dtype=torch.float64, device=device))
+
+    def _allocate(self, in_features: int, out_features: int, device: torch.device) -> None:
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum_x = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.sum_y = torch.zeros(out_features, dtype=torch.float64, device=device)
+        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.xty = torch.zeros(in_features, out_features, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Accumulate rows of inputs ``(N, D_in)`` and targets ``(N, D_out)``.
+
+        Raises:
+            ValueError: On mismatched shapes, or on non-finite values (which would silently turn
+                the whole fit into NaN).
+        """
+        if inputs.ndim != 2 or targets.ndim != 2 or inputs.shape[0] != targets.shape[0]:
+            msg = f"Expected (N, D_in) inputs and (N, D_out) targets, got {tuple(inputs.shape)} and {tuple(targets.shape)}."
+            raise ValueError(msg)
+        if not (torch.isfinite(inputs).all() and torch.isfinite(targets).all()):
+            msg = (
+                "Non-finite values (NaN or inf) in the backbone features. Check the input images "
+                "(corrupt files, NaN pixels) and the backbone weights."
+            )
+            raise ValueError(msg)
+        if self.xtx.numel() == 0:
+            self._allocate(inputs.shape[1], targets.shape[1], self.count.device)
+        if inputs.shape[1] != self.sum_x.shape[0] or targets.shape[1] != self.sum_y.shape[0]:
+            msg = (
+                f"Feature sizes ({inputs.shape[1]}, {targets.shape[1]}) do not match the accumulated "
+                f"statistics ({self.sum_x.shape[0]}, {self.sum_y.shape[0]})."
+            )
+            raise ValueError(msg)
+        for start in range(0, inputs.shape[0], _ROWS_PER_CHUNK):
+            x = inputs[start : start + _ROWS_PER_CHUNK].to(device=self.xtx.device, dtype=torch.float64)
+            y = targets[start : start + _ROWS_PER_CHUNK].to(device=self.xtx.device, dtype=torch.float64)
+            self.count += x.shape[0]
+            self.sum_x += x.sum(dim=0)
+            self.sum_y += y.sum(dim=0)
+            self.xtx.addmm_(x.T, x)
+            self.xty.addmm_(x.T, y)
+
+    def merge(self, other: RidgeStatistics) -> None:
+        """Add another set of statistics (for example from another worker) to this one."""
+        if other.is_empty:
+            return
+        if self.xtx.numel() == 0:
+            self._allocate(other.sum_x.shape[0], other.sum_y.shape[0], self.count.device)
+        self.count += other.count.to(self.count.device)
+        for name in ("sum_x", "sum_y", "xtx", "xty"):
+            getattr(self, name).add_(getattr(other, name).to(self.count.device))
+
+    @torch.no_grad()
+    def solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(W, b)`` in float64 minimising ``sum ||y - W^T x - b||^2 + alpha ||W||^2``.
+
+        The intercept is not penalised: the problem is solved on centred data, with
+        ``(X_c^T X_c + alpha I) W = X_c^T Y_c`` by Cholesky, then ``b = mean_y - W^T mean_x``.
+        """
+        if self.is_empty:
+            msg = "No training features were accumulated: the training set is empty."
+            raise ValueError(msg)
+        if alpha <= 0:
+            msg = f"alpha must be > 0 (it keeps the system positive definite), got {alpha}."
+            raise ValueError(msg)
+        mean_x = self.sum_x / self.count
+        mean_y = self.sum_y / self.count
+        gram = self.xtx - self.count * torch.outer(mean_x, mean_x)
+        cross = self.xty - self.count * torch.outer(mean_x, mean_y)
+        gram.diagonal().add_(alpha)
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if int(info) != 0:
+            msg = (
+                "The Ridge system is not positive definite (the features are numerically degenerate). "
+                "Increase alpha."
+            )
+            raise ValueError(msg)
+        weight = torch.cholesky_solve(cross, factor)
+        bias = mean_y - weight.T @ mean_x
+        return weight, bias

@@ -1,0 +1,184 @@
+"""FeatureRidge in pure torch: a shallow feature map predicts a deeper one through a Ridge map.
+
+At every position of the shallow map ``x`` (default ``layer2``) the channels of its 3x3
+neighbourhood are concatenated (``9 C_x`` inputs); the deep map ``y`` (default ``layer3``) is
+bilinearly upsampled to ``x``'s grid. A linear map ``y ~ W x + b`` is fitted in closed form on
+normal images. Normal texture is predictable, defects are not, so the pixel score is
+``log(||y_hat - y||^2 + eps)``, bilinearly resized to the image.
+
+Predicting from the 3x3 neighbourhood with ``W`` is a 3x3 convolution whose kernel is ``W``
+reshaped, so inference is one convolution after the backbone: no loops, no data-dependent
+control flow, and nothing to export but a fixed-size weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components import GaussianBlur2d
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_featureridge.backbone import create_feature_extractor
+
+from .ridge import RidgeStatistics
+
+NEIGHBOURHOOD = 3
+LOG_EPS = 1e-12
+
+
+def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
+    """Concatenate each position's 3x3 neighbours (zero-padded): ``(B, C, H, W) -> (B, 9 C, H, W)``.
+
+    Channel order is ``c * 9 + 3 * dy + dx``, the layout of ``F.unfold`` and of a 3x3 conv kernel.
+    """
+    batch, channels, height, width = features.shape
+    unfolded = F.unfold(features, kernel_size=NEIGHBOURHOOD, padding=NEIGHBOURHOOD // 2)
+    return unfolded.reshape(batch, channels * NEIGHBOURHOOD**2, height, width)
+
+
+def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Bilinearly resize ``features`` to ``reference``'s spatial grid."""
+    return F.interpolate(features, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _gaussian_blur(sigma: float) -> GaussianBlur2d | None:
+    if sigma <= 0:
+        return None
+    kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
+    return GaussianBlur2d(kernel_size=(kernel_size, kernel_size), sigma=(sigma, sigma), channels=1)
+
+
+class FeatureRidgeModel(nn.Module):
+    """FeatureRidge torch module; eval-mode ``forward`` returns ``InferenceBatch(pred_score, anomaly_map)``.
+
+    Args:
+        backbone: timm CNN name.
+        layers: ``[shallow, deep]`` layer names; the shallow one predicts the deep one.
+        pre_trained: Use timm's ImageNet weights (from the local cache, else downloaded).
+        backbone_weights: Local timm state dict; overrides ``pre_trained`` and needs no network.
+        alpha: Ridge L2 penalty (> 0).
+        sigma: Gaussian smoothing of the image-sized map in pixels; 0 switches it off.
+        keep_statistics: Keep the sufficient statistics after fitting (needed by :meth:`update`).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | Path | None = None,
+        alpha: float = 1.0,
+        sigma: float = 4.0,
+        keep_statistics: bool = True,
+    ) -> None:
+        super().__init__()
+        layers = list(layers)
+        if len(layers) != 2:
+            msg = f"FeatureRidge needs exactly two layers, [shallow, deep]; got {layers}."
+            raise ValueError(msg)
+        if alpha <= 0:
+            msg = f"alpha must be > 0, got {alpha}."
+            raise ValueError(msg)
+        if sigma < 0:
+            msg = f"sigma must be >= 0, got {sigma}."
+            raise ValueError(msg)
+        self.backbone = backbone
+        self.layers = layers
+        self.alpha = float(alpha)
+        self.keep_statistics = keep_statistics
+        self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained, backbone_weights)
+        in_channels, out_channels = self.feature_extractor.feature_info.channels()
+        reductions = self.feature_extractor.feature_info.reduction()
+        if reductions[0] > reductions[1]:
+            msg = f"The first layer must be the shallower one (finer grid); got strides {reductions} for {layers}."
+            raise ValueError(msg)
+
+        self.statistics = RidgeStatistics()
+        self.register_buffer("weight", torch.zeros(out_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        self.register_buffer("bias", torch.zeros(out_channels))
+        self.register_buffer("fitted", torch.tensor(False))
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor
+        self.fitted: torch.Tensor
+        self.blur = _gaussian_blur(sigma)
+
+    def train(self, mode: bool = True) -> FeatureRidgeModel:
+        """Switch mode but keep the frozen backbone in eval mode (BatchNorm must not adapt)."""
+        super().train(mode)
+        self.feature_extractor.eval()
+        return self
+
+    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the shallow map and the deep map upsampled to the shallow grid."""
+        if images.ndim != 4 or images.shape[1] not in {1, 3}:
+            msg = f"Expected images of shape (B, 3, H, W) (or (B, 1, H, W) grayscale), got {tuple(images.shape)}."
+            raise ValueError(msg)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            shallow, deep = self.feature_extractor(images)
+        return shallow, upsample_to(deep, shallow)
+
+    @torch.no_grad()
+    def accumulate(self, images: torch.Tensor) -> None:
+        """Add a batch of normal images to the sufficient statistics (the model is not re-solved)."""
+        shallow, deep = self.extract(images)
+        inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, self.weight.shape[1] * 9)
+        targets = deep.permute(0, 2, 3, 1).reshape(-1, self.weight.shape[0])
+        self.statistics.update(inputs, targets)
+
+    @torch.no_grad()
+    def fit(self) -> None:
+        """Solve the Ridge map from the accumulated statistics, then drop them unless kept."""
+        weight, bias = self.statistics.solve(self.alpha)
+        out_channels, in_channels = self.weight.shape[:2]
+        # W is (9 C_in, C_out) with rows ordered c * 9 + k: transposed and reshaped, it is the conv kernel.
+        self.weight.copy_(weight.T.reshape(out_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        self.bias.copy_(bias)
+        self.fitted.fill_(True)
+        if not self.keep_statistics:
+            self.statistics.clear()
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Add new normal images and re-solve, without revisiting the images already fitted.
+
+        ``images`` is a pre-processed batch ``(B, 3, H, W)`` or an iterable of such batches or
+        single images ``(3, H, W)``, which may differ in size.
+        """
+        if self.statistics.is_empty and bool(self.fitted):
+            msg = (
+                "This model's sufficient statistics were dropped (keep_statistics=False), so it cannot be "
+                "updated incrementally. Refit it on all images, with keep_statistics=True."
+            )
+            raise RuntimeError(msg)
+        batches = [images] if isinstance(images, torch.Tensor) else images
+        for batch in batches:
+            self.accumulate(batch.unsqueeze(0) if batch.ndim == 3 else batch)
+        self.fit()
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Log squared prediction error on the shallow grid, ``(B, 1, h, w)``."""
+        shallow, deep = self.extract(images)
+        predicted = F.conv2d(shallow, self.weight, self.bias, padding=NEIGHBOURHOOD // 2)
+        return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Score a batch: pixel map resized to the input, image score = its maximum."""
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not bool(self.fitted):
+            msg = "FeatureRidge has not been fitted: train it on normal images first (anomalib train / engine.fit)."
+            raise RuntimeError(msg)
+        anomaly_map = F.interpolate(
+            self.patch_scores(images),
+            size=images.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        )
+        if self.blur is not None:
+            anomaly_map = self.blur(anomaly_map)
+        pred_score = torch.amax(anomaly_map, dim=(-3, -2, -1))
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny generated datasets and small random-initialised models (offline, deterministic)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
+from anomalib_featureridge.models.feature_ridge import FeatureRidgeModel
+
+SHARED = Path(os.environ.get("ANOMALIB_FEATURERIDGE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SMALL_BACKBONE = "resnet18"
+SMALL_LAYERS = ("layer2", "layer3")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MVTec-layout dataset (category ``synthetic``) shared by the whole session."""
+    root = tmp_path_factory.mktemp("datasets")
+    make_synthetic_dataset(root, spec=SyntheticSpec(image_size=96, n_train=12, n_test_good=4, n_test_per_defect=2))
+    return root
+
+
+def small_model(**kwargs: object) -> FeatureRidgeModel:
+    """A random-initialised resnet18 FeatureRidge (seeded, so every call builds the same weights)."""
+    torch.manual_seed(0)
+    options = {"backbone": SMALL_BACKBONE, "layers": SMALL_LAYERS, "pre_trained": False, "sigma": 0.0}
+    options.update(kwargs)
+    return FeatureRidgeModel(**options).eval()
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, skipping the test with the reason when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not available (../shared is only beside the checkout on the project's machines)")
+    return path

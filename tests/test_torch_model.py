@@ -1,0 +1,153 @@
+"""FeatureRidgeModel: feature geometry, the conv form of the Ridge map, scoring and updates."""
+
+import pytest
+import torch
+from conftest import small_model
+from torch.nn import functional as F  # noqa: N812
+
+from anomalib_featureridge.models.feature_ridge.torch_model import neighbourhood_features, upsample_to
+
+
+def _normal_images(count: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Smooth random textures: normal images whose local structure is predictable."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, size // 8, size // 8, generator=generator)
+    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def test_neighbourhood_concatenation_shape_and_layout() -> None:
+    features = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    stacked = neighbourhood_features(features)
+    assert stacked.shape == (2, 27, 4, 5)
+    # The centre tap (index 4 of the 3x3 window) of channel c is the feature itself.
+    torch.testing.assert_close(stacked[:, 4::9], features)
+    # The top-left tap at (1, 1) is the feature at (0, 0); at the border it is zero padding.
+    torch.testing.assert_close(stacked[:, 0::9, 1, 1], features[:, :, 0, 0])
+    assert torch.all(stacked[:, 0::9, 0, :] == 0)
+
+
+def test_upsampling_to_the_shallow_grid() -> None:
+    deep, shallow = torch.randn(2, 7, 4, 4), torch.randn(2, 3, 8, 8)
+    assert upsample_to(deep, shallow).shape == (2, 7, 8, 8)
+
+
+def test_feature_maps_align() -> None:
+    model = small_model()
+    shallow, deep = model.extract(torch.rand(2, 3, 64, 64))
+    assert shallow.shape == (2, 128, 8, 8)
+    assert deep.shape == (2, 256, 8, 8)
+
+
+def test_conv_inference_equals_unfolded_matrix_product() -> None:
+    model = small_model()
+    model.update(_normal_images(4))
+    images = torch.rand(2, 3, 64, 64)
+    shallow, deep = model.extract(images)
+    inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, 128 * 9).double()
+    weight, bias = model.statistics.solve(model.alpha)
+    predicted = (inputs @ weight + bias).reshape(2, 8, 8, 256).permute(0, 3, 1, 2)
+    expected = torch.log((predicted - deep.double()).pow(2).sum(1, keepdim=True) + 1e-12)
+    torch.testing.assert_close(model.patch_scores(images).double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_output_contract() -> None:
+    model = small_model()
+    model.update(_normal_images(4))
+    output = model(torch.rand(3, 3, 72, 56))
+    assert output.anomaly_map.shape == (3, 1, 72, 56)
+    assert output.pred_score.shape == (3,)
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(1, 2, 3)))
+
+
+def test_large_defect_scores_higher_than_clean_regions() -> None:
+    model = small_model()
+    model.update(_normal_images(12, size=128))
+    image = _normal_images(1, size=128, seed=99)
+    image[:, :, 32:80, 32:80] = torch.tensor([1.0, 0.0, 1.0])[:, None, None]  # a magenta patch
+    anomaly_map = model(image).anomaly_map[0, 0]
+    inside = anomaly_map[40:72, 40:72].mean()
+    outside = torch.cat([anomaly_map[:, 104:].flatten(), anomaly_map[104:, :].flatten()]).mean()
+    assert inside > outside + 1.0
+
+
+def test_update_equals_full_refit() -> None:
+    first, second = _normal_images(6, seed=1), _normal_images(5, seed=2)
+    incremental = small_model()
+    incremental.update(first)
+    incremental.update(second)
+    full = small_model()
+    full.update(torch.cat([first, second]))
+    torch.testing.assert_close(incremental.weight, full.weight, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(incremental.bias, full.bias, rtol=1e-6, atol=1e-6)
+
+
+def test_update_takes_images_of_different_sizes() -> None:
+    images = [_normal_images(1, size=64)[0], _normal_images(1, size=96, seed=5)[0]]
+    model = small_model()
+    model.update(images)
+    reference = small_model()
+    for image in images:
+        reference.accumulate(image[None])
+    reference.fit()
+    torch.testing.assert_close(model.weight, reference.weight)
+    assert model(torch.rand(1, 3, 80, 48)).anomaly_map.shape == (1, 1, 80, 48)
+
+
+def test_dropped_statistics_block_updates() -> None:
+    model = small_model(keep_statistics=False)
+    model.update(_normal_images(3))
+    assert model.statistics.is_empty
+    with pytest.raises(RuntimeError, match="statistics were dropped"):
+        model.update(_normal_images(1))
+
+
+def test_grayscale_batch_is_scored_like_its_rgb_copy() -> None:
+    model = small_model()
+    model.update(_normal_images(3))
+    gray = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(model(gray).anomaly_map, model(gray.expand(-1, 3, -1, -1)).anomaly_map)
+
+
+def test_wrong_channel_count_is_refused() -> None:
+    model = small_model()
+    model.update(_normal_images(2))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(1, 4, 64, 64))
+
+
+def test_unfitted_model_refuses_to_score() -> None:
+    with pytest.raises(RuntimeError, match="not been fitted"):
+        small_model()(torch.rand(1, 3, 64, 64))
+
+
+def test_empty_update_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        small_model().update([])
+
+
+def test_backbone_stays_in_eval_mode_while_training() -> None:
+    model = small_model().train()
+    assert model.training
+    assert not model.feature_extractor.training
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"alpha": 0.0}, "alpha must be > 0"),
+        ({"alpha": -2.0}, "alpha must be > 0"),
+        ({"sigma": -1.0}, "sigma must be >= 0"),
+        ({"layers": ("layer2",)}, "exactly two layers"),
+        ({"layers": ("layer3", "layer2")}, "shallower"),
+        ({"layers": ("layer2", "layer9")}, r"no layer \['layer9'\].*'layer1', 'layer2', 'layer3', 'layer4'"),
+    ],
+)
+def test_bad_settings_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        small_model(**options)
+
+
+def test_smoothing_keeps_shape() -> None:
+    model = small_model(sigma=4.0)
+    model.update(_normal_images(3))
+    assert model(torch.rand(1, 3, 64, 64)).anomaly_map.shape == (1, 1, 64, 64)
