@@ -84,6 +84,27 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
             keep_statistics=keep_statistics,
         )
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> FeatureRidge:  # noqa: ANN002, ANN003
+        """Load a trained model; the backbone comes from the checkpoint, so no weights file or download is needed."""
+        kwargs.setdefault("pre_trained", False)
+        kwargs.setdefault("backbone_weights", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint made with another backbone or layers, naming both, before tensors are copied."""
+        saved = checkpoint.get("hyper_parameters", {})
+        current = {"backbone": self.model.backbone, "layers": list(self.model.layers)}
+        trained = {"backbone": saved.get("backbone", current["backbone"]), "layers": list(saved.get("layers", current["layers"]))}
+        if trained != current:
+            msg = (
+                f"This checkpoint was trained with backbone={trained['backbone']!r}, layers={trained['layers']}, but the "
+                f"model is configured with backbone={current['backbone']!r}, layers={current['layers']}. Pass the "
+                f"training settings (--model.backbone, --model.layers) with this checkpoint."
+            )
+            raise ValueError(msg)
+        super().on_load_checkpoint(checkpoint)
+
     @staticmethod
     def configure_optimizers() -> None:
         """FeatureRidge is solved in closed form: no optimiser."""
@@ -105,6 +126,18 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
         """anomalib's default one-class post-processor."""
         return PostProcessor()
 
+    def setup(self, stage: str) -> None:
+        """Refuse an empty training set before Lightning fails on it with a sampler error."""
+        super().setup(stage)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        train_data = getattr(datamodule, "train_data", None)
+        if stage == "fit" and train_data is not None and len(train_data) == 0:
+            msg = (
+                f"FeatureRidge needs normal training images, but the training set of {type(datamodule).__name__} "
+                f"is empty. Check the dataset root, the category and its train/good folder."
+            )
+            raise ValueError(msg)
+
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
         """Accumulate the batch's features into the Ridge statistics."""
         del args, kwargs
@@ -114,10 +147,7 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
     def fit(self) -> None:
         """Solve the Ridge map once the training epoch has been seen."""
         if self.model.statistics.is_empty:
-            msg = (
-                "FeatureRidge saw no training images: the training set is empty. Check the dataset root, "
-                "category and the train/good folder."
-            )
+            msg = "FeatureRidge saw no training images: the training set is empty."
             raise ValueError(msg)
         logger.info("Solving the Ridge map from %d feature vectors.", int(self.model.statistics.count))
         self.model.fit()

@@ -1,0 +1,103 @@
+"""Backbone construction: layer checks, strict local weights, and failing fast without a network."""
+
+import time
+
+import pytest
+import timm
+import torch
+
+from anomalib_featureridge import backbone as backbone_module
+from anomalib_featureridge.backbone import BackboneWeightsError, create_feature_extractor, layer_indices
+
+
+def _save_full_state_dict(path, name: str = "resnet18") -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    state = timm.create_model(name, pretrained=False).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_layer_names_map_to_timm_indices() -> None:
+    assert layer_indices("resnet18", ["layer2", "layer3"]) == [2, 3]
+    assert layer_indices("tf_efficientnet_lite0", ["blocks.2", "blocks.4"]) == [2, 3]
+
+
+def test_unknown_layer_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"no layer \['blocks.3'\].*'blocks.2', 'blocks.4'"):
+        layer_indices("tf_efficientnet_lite0", ["blocks.2", "blocks.3"])
+
+
+def test_unknown_backbone_is_named() -> None:
+    with pytest.raises(ValueError, match="Unknown timm backbone 'not_a_net'"):
+        layer_indices("not_a_net", ["layer2"])
+
+
+def test_local_weights_are_loaded_exactly(tmp_path) -> None:
+    state = _save_full_state_dict(tmp_path / "w.pth")
+    features = create_feature_extractor("resnet18", ["layer2", "layer3"], backbone_weights=tmp_path / "w.pth")
+    torch.testing.assert_close(features.state_dict()["layer2.0.conv1.weight"], state["layer2.0.conv1.weight"])
+    assert not any(parameter.requires_grad for parameter in features.parameters())
+    assert not features.training
+
+
+def test_weights_only_need_the_layers_used(tmp_path) -> None:
+    state = _save_full_state_dict(tmp_path / "full.pth")
+    truncated = {key: value for key, value in state.items() if not key.startswith(("layer4", "fc"))}
+    torch.save(truncated, tmp_path / "truncated.pth")
+    create_feature_extractor("resnet18", ["layer2", "layer3"], backbone_weights=tmp_path / "truncated.pth")
+
+
+def test_weights_of_another_backbone_list_the_mismatch(tmp_path) -> None:
+    _save_full_state_dict(tmp_path / "r18.pth")
+    with pytest.raises(BackboneWeightsError, match=r"does not match backbone 'resnet34'.*missing keys"):
+        create_feature_extractor("resnet34", ["layer2", "layer3"], backbone_weights=tmp_path / "r18.pth")
+    with pytest.raises(BackboneWeightsError, match=r"missing keys.*blocks.*unexpected keys.*layer"):
+        create_feature_extractor("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], backbone_weights=tmp_path / "r18.pth")
+
+
+def test_shape_mismatch_is_listed(tmp_path) -> None:
+    state = _save_full_state_dict(tmp_path / "w.pth")
+    state["layer2.0.conv1.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(BackboneWeightsError, match=r"shape mismatches.*layer2.0.conv1.weight"):
+        create_feature_extractor("resnet18", ["layer2", "layer3"], backbone_weights=tmp_path / "bad.pth")
+
+
+def test_missing_weights_file_is_named(tmp_path) -> None:
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        create_feature_extractor("resnet18", ["layer2", "layer3"], backbone_weights=tmp_path / "absent.pth")
+
+
+def test_wrapped_state_dict_is_accepted(tmp_path) -> None:
+    state = _save_full_state_dict(tmp_path / "w.pth")
+    torch.save({"state_dict": state}, tmp_path / "wrapped.pth")
+    create_feature_extractor("resnet18", ["layer2", "layer3"], backbone_weights=tmp_path / "wrapped.pth")
+
+
+def test_pretrained_without_network_fails_fast_with_the_way_out(monkeypatch) -> None:
+    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
+    monkeypatch.setattr(backbone_module, "_reachable", lambda _host: False)
+    start = time.monotonic()
+    with pytest.raises(BackboneWeightsError, match=r"cannot be reached.*backbone_weights"):
+        create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
+    assert time.monotonic() - start < 30, "must not sit in download retries"
+
+
+def test_pretrained_with_hf_offline_fails_fast(monkeypatch) -> None:
+    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneWeightsError, match="HF_HUB_OFFLINE"):
+        create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
+
+
+def test_pretrained_uses_the_local_cache_without_network(tmp_path, monkeypatch) -> None:
+    state = _save_full_state_dict(tmp_path / "cached.pth")
+    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: tmp_path / "cached.pth")
+    monkeypatch.setattr(backbone_module, "_reachable", lambda _host: pytest.fail("must not probe the network"))
+    features = create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
+    torch.testing.assert_close(features.state_dict()["layer3.1.bn2.running_var"], state["layer3.1.bn2.running_var"])
+
+
+def test_weights_host_follows_hf_endpoint(monkeypatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example.org")
+    assert backbone_module._weights_host("resnet18") == "mirror.example.org"

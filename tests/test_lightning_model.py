@@ -1,0 +1,109 @@
+"""FeatureRidge through anomalib's Engine: metrics, checkpoints and bad training sets."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from anomalib.data import MVTecAD, PredictDataset
+from anomalib.engine import Engine
+from conftest import SMALL_BACKBONE, SMALL_LAYERS
+
+from anomalib_featureridge import FeatureRidge
+
+
+def _model(**kwargs: object) -> FeatureRidge:
+    torch.manual_seed(0)
+    options = {"backbone": SMALL_BACKBONE, "layers": list(SMALL_LAYERS), "pre_trained": False, "visualizer": False}
+    options.update(kwargs)
+    return FeatureRidge(**options)
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=8, num_workers=0)
+
+
+def _engine(tmp_path: Path) -> Engine:
+    return Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, accelerator="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureRidge, Engine, list[dict]]:
+    tmp_path = tmp_path_factory.mktemp("engine")
+    model, engine = _model(), _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+    results = engine.test(model=model, datamodule=_datamodule(synthetic_root), verbose=False)
+    return model, engine, results
+
+
+def test_reports_image_auroc_pixel_auroc_and_aupro(trained) -> None:
+    _, _, results = trained
+    assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(results[0])
+    assert results[0]["pixel_AUROC"] > 0.6
+
+
+def test_checkpoint_round_trip_gives_identical_scores(trained, synthetic_root: Path, tmp_path: Path) -> None:
+    model, engine, _ = trained
+    path = tmp_path / "model.ckpt"
+    engine.trainer.save_checkpoint(path)
+    restored = FeatureRidge.load_from_checkpoint(path, map_location="cpu").eval()
+    images = torch.rand(2, 3, 96, 96)
+    model.eval()
+    original, loaded = model.model(images), restored.model(images)
+    torch.testing.assert_close(loaded.anomaly_map, original.anomaly_map, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.pred_score, original.pred_score, rtol=0, atol=0)
+    assert restored.model.statistics.count == model.model.statistics.count
+
+
+def test_checkpoint_loads_without_the_original_weights_file(synthetic_root: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "r18.pth"
+    torch.save(timm.create_model(SMALL_BACKBONE, pretrained=False).state_dict(), weights)
+    model, engine = _model(backbone_weights=str(weights)), _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+    engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    weights.unlink()
+    restored = FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt").eval()
+    images = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
+
+
+def test_checkpoint_of_another_backbone_is_refused(trained, tmp_path: Path) -> None:
+    _, engine, _ = trained
+    engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    other = FeatureRidge(backbone="resnet34", layers=list(SMALL_LAYERS), pre_trained=False)
+    with pytest.raises(ValueError, match=r"trained with backbone='resnet18'.*configured with backbone='resnet34'"):
+        other.on_load_checkpoint(checkpoint)
+
+
+def test_dropping_statistics_shrinks_the_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
+    sizes = {}
+    for keep in (True, False):
+        model, engine = _model(keep_statistics=keep), _engine(tmp_path / str(keep))
+        engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+        engine.trainer.save_checkpoint(tmp_path / f"{keep}.ckpt")
+        sizes[keep] = (tmp_path / f"{keep}.ckpt").stat().st_size
+    # The float64 X^T X alone is (9 * 128)^2 * 8 bytes, about 10.6 MB for resnet18 layer2.
+    assert sizes[True] - sizes[False] > 10_000_000
+
+
+def test_predict_on_a_folder_of_new_images(trained, synthetic_root: Path) -> None:
+    model, engine, _ = trained
+    folder = synthetic_root / "synthetic" / "test" / "scratch"
+    predictions = engine.predict(model=model, dataset=PredictDataset(path=folder))
+    assert sum(len(batch.pred_score) for batch in predictions) == len(list(folder.glob("*.png")))
+
+
+def test_empty_training_set_is_a_clear_error(synthetic_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "synthetic", root / "synthetic")
+    for image in (root / "synthetic" / "train" / "good").glob("*.png"):
+        image.unlink()
+    with pytest.raises(ValueError, match="training set of MVTecAD is empty"):
+        _engine(tmp_path).fit(model=_model(), datamodule=_datamodule(root))
+
+
+def test_fit_without_images_names_the_training_set() -> None:
+    with pytest.raises(ValueError, match="training set is empty"):
+        _model().fit()
