@@ -40,7 +40,7 @@ def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
     for entry_point in entry_points(group=group):
         try:
             importlib.import_module(entry_point.module)
-        except Exception as error:  # noqa: BLE001 - any plugin failure is reported, never fatal
+        except Exception as error:
             warnings.warn(
                 f"anomalib plugin {entry_point.name!r} ({entry_point.value}) failed to import: {error!r}",
                 RuntimeWarning,

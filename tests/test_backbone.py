@@ -52,7 +52,9 @@ def test_weights_of_another_backbone_list_the_mismatch(tmp_path) -> None:
     with pytest.raises(BackboneWeightsError, match=r"does not match backbone 'resnet34'.*missing keys"):
         create_feature_extractor("resnet34", ["layer2", "layer3"], backbone_weights=tmp_path / "r18.pth")
     with pytest.raises(BackboneWeightsError, match=r"missing keys.*blocks.*unexpected keys.*layer"):
-        create_feature_extractor("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], backbone_weights=tmp_path / "r18.pth")
+        create_feature_extractor(
+            "tf_efficientnet_lite0", ["blocks.2", "blocks.4"], backbone_weights=tmp_path / "r18.pth"
+        )
 
 
 def test_shape_mismatch_is_listed(tmp_path) -> None:

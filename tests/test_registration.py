@@ -26,7 +26,11 @@ def _ok(result: subprocess.CompletedProcess) -> str:
 
 
 def test_hook_is_installed_at_interpreter_start() -> None:
-    out = _ok(_python("import sys, anomalib_plugin_loader as h; print(any(isinstance(f, h.PluginFinder) for f in sys.meta_path))"))
+    out = _ok(
+        _python(
+            "import sys, anomalib_plugin_loader as h; print(any(isinstance(f, h.PluginFinder) for f in sys.meta_path))"
+        )
+    )
     assert out.strip() == "True"
 
 
@@ -62,7 +66,14 @@ def test_plugin_imported_first_also_registers() -> None:
 
 
 def test_importing_anomalib_itself_registers() -> None:
-    out = _ok(_python("import anomalib.models.components as c; print('FeatureRidge' in {k.__name__ for k in c.AnomalibModule.__subclasses__()})"))
+    out = _ok(
+        _python(
+            """
+            import anomalib.models.components as components
+            print("FeatureRidge" in {cls.__name__ for cls in components.AnomalibModule.__subclasses__()})
+            """,
+        )
+    )
     assert out.strip() == "True"
 
 
@@ -73,7 +84,8 @@ def test_plugin_names_do_not_shadow_built_in_models() -> None:
             import anomalib.models as models
             from anomalib.models.components import AnomalibModule
             built_in = [c.__name__ for c in AnomalibModule.__subclasses__() if c.__module__.startswith("anomalib.")]
-            plugins = [c.__name__ for c in AnomalibModule.__subclasses__() if c.__module__.startswith("anomalib_featureridge")]
+            plugin_prefix = "anomalib_featureridge"
+            plugins = [c.__name__ for c in AnomalibModule.__subclasses__() if c.__module__.startswith(plugin_prefix)]
             print(sorted(plugins), sorted(set(built_in) & set(plugins)))
             """,
         ),
@@ -82,7 +94,12 @@ def test_plugin_names_do_not_shadow_built_in_models() -> None:
 
 
 def test_disable_switch_leaves_anomalib_untouched() -> None:
-    out = _ok(_python("from anomalib.models import list_models; print('feature_ridge' in list_models())", ANOMALIB_PLUGINS_DISABLE="1"))
+    out = _ok(
+        _python(
+            "from anomalib.models import list_models; print('feature_ridge' in list_models())",
+            ANOMALIB_PLUGINS_DISABLE="1",
+        )
+    )
     assert out.strip() == "False"
 
 
@@ -96,7 +113,9 @@ def test_broken_plugin_warns_instead_of_breaking_anomalib() -> None:
 
             broken = metadata.EntryPoint("broken", "no_such_module_xyz:Model", "anomalib.models")
             metadata_entry_points = metadata.entry_points
-            metadata.entry_points = lambda group: [broken] if group == "anomalib.models" else metadata_entry_points(group=group)
+            metadata.entry_points = lambda group: [broken] if group == "anomalib.models" else metadata_entry_points(
+                group=group
+            )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 print(loader.load_plugins(), any("broken" in str(w.message) for w in caught))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPRO, AUROC, F1Score, Evaluator
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.post_processing import PostProcessor
 from anomalib.visualization import Visualizer
@@ -95,12 +95,15 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
         """Refuse a checkpoint made with another backbone or layers, naming both, before tensors are copied."""
         saved = checkpoint.get("hyper_parameters", {})
         current = {"backbone": self.model.backbone, "layers": list(self.model.layers)}
-        trained = {"backbone": saved.get("backbone", current["backbone"]), "layers": list(saved.get("layers", current["layers"]))}
+        trained = {
+            "backbone": saved.get("backbone", current["backbone"]),
+            "layers": list(saved.get("layers", current["layers"])),
+        }
         if trained != current:
             msg = (
-                f"This checkpoint was trained with backbone={trained['backbone']!r}, layers={trained['layers']}, but the "
-                f"model is configured with backbone={current['backbone']!r}, layers={current['layers']}. Pass the "
-                f"training settings (--model.backbone, --model.layers) with this checkpoint."
+                f"This checkpoint was trained with backbone={trained['backbone']!r}, layers={trained['layers']}, "
+                f"but the model is configured with backbone={current['backbone']!r}, layers={current['layers']}. "
+                f"Pass the training settings (--model.backbone, --model.layers) with this checkpoint."
             )
             raise ValueError(msg)
         super().on_load_checkpoint(checkpoint)
@@ -123,7 +126,7 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
 
     @staticmethod
     def configure_post_processor() -> PostProcessor:
-        """anomalib's default one-class post-processor."""
+        """Anomalib's default one-class post-processor."""
         return PostProcessor()
 
     def setup(self, stage: str) -> None:

@@ -73,7 +73,10 @@ class RidgeStatistics(nn.Module):
                 the whole fit into NaN).
         """
         if inputs.ndim != 2 or targets.ndim != 2 or inputs.shape[0] != targets.shape[0]:
-            msg = f"Expected (N, D_in) inputs and (N, D_out) targets, got {tuple(inputs.shape)} and {tuple(targets.shape)}."
+            msg = (
+                f"Expected (N, D_in) inputs and (N, D_out) targets, "
+                f"got {tuple(inputs.shape)} and {tuple(targets.shape)}."
+            )
             raise ValueError(msg)
         if not (torch.isfinite(inputs).all() and torch.isfinite(targets).all()):
             msg = (
@@ -128,10 +131,7 @@ class RidgeStatistics(nn.Module):
         gram.diagonal().add_(alpha)
         factor, info = torch.linalg.cholesky_ex(gram)
         if int(info) != 0:
-            msg = (
-                "The Ridge system is not positive definite (the features are numerically degenerate). "
-                "Increase alpha."
-            )
+            msg = "The Ridge system is not positive definite (the features are numerically degenerate). Increase alpha."
             raise ValueError(msg)
         weight = torch.cholesky_solve(cross, factor)
         bias = mean_y - weight.T @ mean_x
