@@ -16,7 +16,8 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
+from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
 logger = logging.getLogger(__name__)
@@ -160,6 +162,41 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
         del args, kwargs
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def _require_fitted(self) -> None:
+        if not bool(self.model.fitted):
+            msg = "Cannot export FeatureRidge before it is fitted: train it first, or export a trained checkpoint."
+            raise RuntimeError(msg)
+
+    @contextmanager
+    def _without_statistics(self) -> Iterator[None]:
+        """Leave the training-only statistics out of what is saved, without touching the live model."""
+        statistics = self.model.statistics
+        self.model.statistics = RidgeStatistics().to(statistics.count.device)
+        try:
+            yield
+        finally:
+            self.model.statistics = statistics
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Export for torch inference, without the sufficient statistics (they only serve updates)."""
+        self._require_fitted()
+        with self._without_statistics():
+            return super().to_torch(export_root, model_file_name)
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Export to ONNX as a single self-contained file (opset 18, weights embedded); OpenVINO builds on it."""
+        self._require_fitted()
+        kwargs.setdefault("opset_version", 18)
+        kwargs.setdefault("external_data", False)
+        with self._without_statistics():
+            return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
