@@ -13,8 +13,10 @@ from anomalib.data.utils import read_image
 from anomalib.deploy import OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
+from PIL import Image
 
 from anomalib_featureridge import FeatureRidge
+from anomalib_featureridge.deploy import map_to_original_size, predict_folder
 
 TOLERANCE = 1e-4
 
@@ -146,3 +148,34 @@ def test_anomalib_export_command(exported: dict, tmp_path: Path) -> None:
     batch = np.stack([read_image(path, as_tensor=True).numpy() for path in exported["images"][:2]])
     candidate = dict(zip(names, session.run(None, {session.get_inputs()[0].name: batch}), strict=True))
     _assert_parity(_reference(exported["model"], exported["images"][:2]), candidate)
+
+
+def test_predict_folder_with_the_openvino_export(exported: dict, synthetic_root: Path, tmp_path: Path) -> None:
+    folder = synthetic_root / "synthetic" / "test" / "hole"
+    output = tmp_path / "out"
+    command = ["anomalib-featureridge", "predict", "--model", str(exported["paths"]["openvino"])]
+    result = subprocess.run(
+        [*command, "--input", str(folder), "--output", str(output)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = sorted(folder.glob("*.png"))
+    overlays = sorted(output.glob("*.png"))
+    assert [path.name for path in overlays] == [path.name for path in images]
+    assert Image.open(overlays[0]).size == Image.open(images[0]).size
+    rows = (output / "predictions.csv").read_text().splitlines()
+    assert len(rows) == len(images) + 1
+
+
+def test_anomaly_map_maps_back_to_the_original_size() -> None:
+    model_resolution = np.zeros((1, 256, 256), dtype=np.float32)
+    model_resolution[0, 64:128, :] = 1.0
+    original = map_to_original_size(model_resolution, 100, 300)
+    assert original.shape == (100, 300)
+    assert original[37, 150] == pytest.approx(1.0)
+    assert original[5, 150] == pytest.approx(0.0)
+
+
+def test_predict_refuses_an_empty_folder(exported: dict, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="No images"):
+        predict_folder(exported["paths"]["openvino"], tmp_path / "empty", tmp_path / "out")

@@ -2,7 +2,8 @@
 
 Training, testing and export go through anomalib's own CLI (``anomalib train --model
 FeatureRidge``); this command only adds what anomalib does not have: a dataset generated on the
-spot, and a one-command demo on it that needs no download.
+spot, a one-command demo on it that needs no download, and scoring a folder with an exported
+model (heatmap overlays at the original image size).
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from anomalib_featureridge.deploy import predict_folder
+
+    predictions = predict_folder(args.model, args.input, args.output)
+    flagged = sum(prediction.pred_label for prediction in predictions)
+    print(f"{len(predictions)} images scored, {flagged} anomalous. Overlays and predictions.csv in {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (also used by the docs)."""
     parser = argparse.ArgumentParser(prog="anomalib-featureridge", description=__doc__.splitlines()[0])
@@ -81,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-workers", type=int, default=0, help="data loader workers (default: 0)")
     _add_dataset_options(demo)
     demo.set_defaults(handler=_demo)
+
+    predict = commands.add_parser("predict", help="score a folder with an exported model, write heatmap overlays")
+    predict.add_argument("--model", type=Path, required=True, help="exported model.xml, model.onnx or model.pt")
+    predict.add_argument("--input", type=Path, required=True, help="folder of images")
+    predict.add_argument("--output", type=Path, default=Path("predictions"), help="output folder")
+    predict.set_defaults(handler=_predict)
     return parser
 
 

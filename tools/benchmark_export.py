@@ -1,0 +1,112 @@
+"""Per-image CPU latency and file size of exported models: torch eager vs ONNX Runtime vs OpenVINO.
+
+Each model is fitted once on the category's training images, exported to ONNX and OpenVINO, then
+the three runtimes are timed in interleaved rounds on the same pre-loaded image (batch 1, the
+full exported graph: pre-processing, model, post-processing), so machine noise hits all of them
+alike. Figures are medians, and ratios are against FeatureRidge in torch eager from the same run.
+
+Example (the figures in docs/deployment.md):
+    python tools/benchmark_export.py --root ../shared/data --category hazelnut_toy \
+        --backbone tf_efficientnet_lite2 --layers blocks.2 blocks.4 \
+        --weights ../shared/weights/tf_efficientnet_lite2.pth --models FeatureRidge Patchcore
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime
+import openvino
+import torch
+from anomalib.data import MVTecAD
+from anomalib.data.utils import ValSplitMode, read_image
+from anomalib.engine import Engine
+from compare_models import build_model
+
+
+def _timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, image: torch.Tensor) -> dict[str, dict]:
+    """Fit, export and time one model; return {runtime: {latency_ms, size_mb}}."""
+    model = build_model(name, args.backbone, list(args.layers), args.weights)
+    datamodule = MVTecAD(
+        root=args.root, category=args.category, num_workers=2, val_split_mode=ValSplitMode.NONE, train_batch_size=16
+    )
+    engine = Engine(default_root_dir=workdir / name, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    model.eval()
+    onnx_path = model.to_onnx(workdir / name)
+    openvino_path = model.to_openvino(workdir / name)
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    compiled = openvino.Core().compile_model(str(openvino_path), "CPU")
+    batch = image[None]
+    batch_numpy = batch.numpy()
+    runtimes: dict[str, Callable[[], object]] = {
+        "torch eager": lambda: model(batch),
+        "onnxruntime": lambda: session.run(None, {input_name: batch_numpy}),
+        "openvino": lambda: compiled(batch_numpy),
+    }
+    samples: dict[str, list[float]] = {runtime: [] for runtime in runtimes}
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            for run in runtimes.values():
+                run()
+        for _ in range(args.repeats):
+            for runtime, run in runtimes.items():
+                samples[runtime].append(_timed(run))
+    onnx_bytes = sum(path.stat().st_size for path in onnx_path.parent.iterdir())
+    openvino_bytes = sum(path.stat().st_size for path in openvino_path.parent.iterdir())
+    sizes = {"torch eager": None, "onnxruntime": onnx_bytes, "openvino": openvino_bytes}
+    return {
+        runtime: {"latency_ms": 1000 * statistics.median(values), "size_mb": sizes[runtime] and sizes[runtime] / 2**20}
+        for runtime, values in samples.items()
+    }
+
+
+def main() -> None:
+    """Run the benchmark and print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--models", nargs="+", default=["FeatureRidge", "Patchcore"])
+    parser.add_argument("--backbone", default="wide_resnet50_2")
+    parser.add_argument("--layers", nargs=2, default=["layer2", "layer3"])
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    test_images = sorted((args.root / args.category / "test").rglob("*.png"))
+    if not test_images:
+        raise SystemExit(f"No test images under {args.root / args.category / 'test'}")
+    image = read_image(test_images[0], as_tensor=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {name: benchmark_model(name, args, Path(tmp), image) for name in args.models}
+
+    baseline = results[args.models[0]]["torch eager"]["latency_ms"]
+    print(f"\n{args.category}, {args.backbone} {list(args.layers)}, batch 1, {torch.get_num_threads()} CPU threads")
+    print("| model | runtime | latency (ms) | vs FeatureRidge torch eager | vs same model's torch eager | file (MB) |")
+    print("|---|---|---|---|---|---|")
+    for name, runtimes in results.items():
+        eager = runtimes["torch eager"]["latency_ms"]
+        for runtime, figures in runtimes.items():
+            size = "" if figures["size_mb"] is None else f"{figures['size_mb']:.1f}"
+            print(
+                f"| {name} | {runtime} | {figures['latency_ms']:.1f} | {figures['latency_ms'] / baseline:.2f}x "
+                f"| {figures['latency_ms'] / eager:.2f}x | {size} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
