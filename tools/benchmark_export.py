@@ -24,7 +24,7 @@ import onnxruntime
 import openvino
 import torch
 from anomalib.data import MVTecAD
-from anomalib.data.utils import ValSplitMode, read_image
+from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from compare_models import build_model
 
@@ -38,9 +38,7 @@ def _timed(run: Callable[[], object]) -> float:
 def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, image: torch.Tensor) -> dict[str, dict]:
     """Fit, export and time one model; return {runtime: {latency_ms, size_mb}}."""
     model = build_model(name, args.backbone, list(args.layers), args.weights)
-    datamodule = MVTecAD(
-        root=args.root, category=args.category, num_workers=2, val_split_mode=ValSplitMode.NONE, train_batch_size=16
-    )
+    datamodule = MVTecAD(root=args.root, category=args.category, num_workers=2, train_batch_size=16)
     engine = Engine(default_root_dir=workdir / name, logger=False, enable_progress_bar=False)
     engine.fit(model=model, datamodule=datamodule)
     model.eval()

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from anomalib.data import MVTecAD
-from anomalib.data.utils import ValSplitMode
 from anomalib.engine import Engine
 from anomalib.models import get_model, list_models
 from anomalib.models.components import AnomalibModule
@@ -60,7 +59,6 @@ def run_one(model: AnomalibModule, root: Path, category: str, workdir: Path, bat
         train_batch_size=batch_size,
         eval_batch_size=batch_size,
         num_workers=2,
-        val_split_mode=ValSplitMode.NONE,
     )
     engine = Engine(default_root_dir=workdir, logger=False)
     start = time.perf_counter()
