@@ -95,6 +95,25 @@ def test_predict_on_a_folder_of_new_images(trained, synthetic_root: Path) -> Non
     assert sum(len(batch.pred_score) for batch in predictions) == len(list(folder.glob("*.png")))
 
 
+def test_fitting_again_adds_images_and_re_solves(synthetic_root: Path, tmp_path: Path) -> None:
+    model = _model()
+    _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+    first_count, first_weight = float(model.model.statistics.count), model.model.weight.clone()
+    _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+    assert float(model.model.statistics.count) == 2 * first_count
+    weight, _ = model.model.statistics.solve(model.model.alpha)
+    expected = weight.T.reshape(model.model.weight.shape).float()
+    torch.testing.assert_close(model.model.weight, expected)
+    assert not torch.equal(model.model.weight, first_weight)
+
+
+def test_fitting_again_without_statistics_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
+    model = _model(keep_statistics=False)
+    _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+    with pytest.raises(RuntimeError, match="keep_statistics=False"):
+        _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+
+
 def test_empty_training_set_is_a_clear_error(synthetic_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
     shutil.copytree(synthetic_root / "synthetic", root / "synthetic")

@@ -143,6 +143,21 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
             )
             raise ValueError(msg)
 
+    def on_train_start(self) -> None:
+        """Fitting a fitted model adds the new images to its statistics (an incremental update) and re-solves."""
+        if bool(self.model.fitted):
+            if self.model.statistics.is_empty:
+                msg = (
+                    "This FeatureRidge was fitted with keep_statistics=False, so training it again would silently "
+                    "forget the first fit. Start from a new model, or keep the statistics."
+                )
+                raise RuntimeError(msg)
+            logger.info(
+                "FeatureRidge is already fitted on %d feature vectors: the new training images are added to them.",
+                int(self.model.statistics.count),
+            )
+            self._is_fitted = torch.tensor([False], device=self.device)
+
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
         """Accumulate the batch's features into the Ridge statistics."""
         del args, kwargs
