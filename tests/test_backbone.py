@@ -103,3 +103,16 @@ def test_pretrained_uses_the_local_cache_without_network(tmp_path, monkeypatch) 
 def test_weights_host_follows_hf_endpoint(monkeypatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example.org")
     assert backbone_module._weights_host("resnet18") == "mirror.example.org"
+
+
+def test_blocks_after_the_deepest_layer_are_dropped_without_changing_features() -> None:
+    torch.manual_seed(0)
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=[2, 3]).eval()
+    truncated = create_feature_extractor("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], pre_trained=False)
+    truncated.load_state_dict({key: value for key, value in full.state_dict().items() if key in truncated.state_dict()})
+    assert len(truncated.blocks) == 5
+    assert len(full.blocks) == 7
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for expected, actual in zip(full(images), truncated(images), strict=True):
+            torch.testing.assert_close(actual, expected)

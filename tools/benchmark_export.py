@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import openvino
 import torch
@@ -35,8 +36,27 @@ def _timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, image: torch.Tensor) -> dict[str, dict]:
-    """Fit, export and time one model; return {runtime: {latency_ms, size_mb}}."""
+def _max_differences(runtimes: dict[str, Callable[[torch.Tensor], dict]], images: list[torch.Tensor]) -> dict[str, str]:
+    """Largest |score| and |map| difference of each runtime against torch eager, and label disagreements."""
+    worst = {runtime: [0.0, 0.0, 0] for runtime in runtimes}
+    for image in images:
+        reference = runtimes["torch eager"](image)
+        for runtime, run in runtimes.items():
+            output = run(image)
+            worst[runtime][0] = max(
+                worst[runtime][0], float(np.abs(output["pred_score"] - reference["pred_score"]).max())
+            )
+            worst[runtime][1] = max(
+                worst[runtime][1], float(np.abs(output["anomaly_map"] - reference["anomaly_map"]).max())
+            )
+            worst[runtime][2] += int((output["pred_label"] != reference["pred_label"]).sum())
+    return {runtime: f"{score:.1e} / {amap:.1e} / {labels}" for runtime, (score, amap, labels) in worst.items()}
+
+
+def benchmark_model(
+    name: str, args: argparse.Namespace, workdir: Path, image: torch.Tensor, parity_images: list[torch.Tensor]
+) -> dict[str, dict]:
+    """Fit, export, check parity and time one model; return {runtime: {latency_ms, size_mb, parity}}."""
     model = build_model(name, args.backbone, list(args.layers), args.weights)
     datamodule = MVTecAD(root=args.root, category=args.category, num_workers=2, train_batch_size=16)
     engine = Engine(default_root_dir=workdir / name, logger=False, enable_progress_bar=False)
@@ -55,6 +75,14 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, image: t
         "onnxruntime": lambda: session.run(None, {input_name: batch_numpy}),
         "openvino": lambda: compiled(batch_numpy),
     }
+    output_names = [output.name for output in session.get_outputs()]
+    as_dicts: dict[str, Callable[[torch.Tensor], dict]] = {
+        "torch eager": lambda x: {k: v.numpy() for k, v in model(x[None])._asdict().items() if v is not None},
+        "onnxruntime": lambda x: dict(zip(output_names, session.run(None, {input_name: x[None].numpy()}), strict=True)),
+        "openvino": lambda x: {next(iter(k.names)): v for k, v in compiled(x[None].numpy()).items()},
+    }
+    with torch.no_grad():
+        parity = _max_differences(as_dicts, parity_images)
     samples: dict[str, list[float]] = {runtime: [] for runtime in runtimes}
     with torch.no_grad():
         for _ in range(args.warmup):
@@ -67,7 +95,11 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, image: t
     openvino_bytes = sum(path.stat().st_size for path in openvino_path.parent.iterdir())
     sizes = {"torch eager": None, "onnxruntime": onnx_bytes, "openvino": openvino_bytes}
     return {
-        runtime: {"latency_ms": 1000 * statistics.median(values), "size_mb": sizes[runtime] and sizes[runtime] / 2**20}
+        runtime: {
+            "latency_ms": 1000 * statistics.median(values),
+            "size_mb": sizes[runtime] and sizes[runtime] / 2**20,
+            "parity": parity[runtime],
+        }
         for runtime, values in samples.items()
     }
 
@@ -88,21 +120,26 @@ def main() -> None:
     test_images = sorted((args.root / args.category / "test").rglob("*.png"))
     if not test_images:
         raise SystemExit(f"No test images under {args.root / args.category / 'test'}")
-    image = read_image(test_images[0], as_tensor=True)
+    parity_images = [read_image(path, as_tensor=True) for path in test_images]
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: benchmark_model(name, args, Path(tmp), image) for name in args.models}
+        results = {
+            name: benchmark_model(name, args, Path(tmp), parity_images[0], parity_images) for name in args.models
+        }
 
     baseline = results[args.models[0]]["torch eager"]["latency_ms"]
     print(f"\n{args.category}, {args.backbone} {list(args.layers)}, batch 1, {torch.get_num_threads()} CPU threads")
-    print("| model | runtime | latency (ms) | vs FeatureRidge torch eager | vs same model's torch eager | file (MB) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | runtime | latency (ms) | vs first model's torch eager | vs same model's torch eager | file (MiB) "
+        "| max abs diff vs torch: score / map / labels |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, runtimes in results.items():
         eager = runtimes["torch eager"]["latency_ms"]
         for runtime, figures in runtimes.items():
             size = "" if figures["size_mb"] is None else f"{figures['size_mb']:.1f}"
             print(
                 f"| {name} | {runtime} | {figures['latency_ms']:.1f} | {figures['latency_ms'] / baseline:.2f}x "
-                f"| {figures['latency_ms'] / eager:.2f}x | {size} |"
+                f"| {figures['latency_ms'] / eager:.2f}x | {size} | {figures['parity']} |"
             )
 
 

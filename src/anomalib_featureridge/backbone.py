@@ -137,6 +137,18 @@ def load_backbone_weights(features: nn.Module, backbone: str, path: str | Path) 
     features.load_state_dict({key: state[key] for key in expected}, strict=True)
 
 
+def drop_unused_blocks(features: nn.Module, layers: Sequence[str]) -> None:
+    """Remove blocks after the deepest requested ``blocks.N`` layer.
+
+    timm's EfficientNet-style feature models keep and run every block even when only earlier ones
+    are returned (ResNet-style ones are already truncated), which wastes compute and memory.
+    """
+    blocks = getattr(features, "blocks", None)
+    block_indices = [int(layer.split(".")[1]) for layer in layers if layer.startswith("blocks.")]
+    if isinstance(blocks, nn.Sequential) and block_indices and len(blocks) > max(block_indices) + 1:
+        features.blocks = blocks[: max(block_indices) + 1]
+
+
 def create_feature_extractor(
     backbone: str,
     layers: Sequence[str],
@@ -151,13 +163,13 @@ def create_feature_extractor(
     gets an immediate, actionable error instead of a minute of retries.
     """
     out_indices = layer_indices(backbone, layers)
-    if backbone_weights is not None:
-        features = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
-        load_backbone_weights(features, backbone, backbone_weights)
-    elif pre_trained:
+    if pre_trained and backbone_weights is None:
         features = _create_pretrained(backbone, out_indices)
     else:
         features = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
+    drop_unused_blocks(features, layers)
+    if backbone_weights is not None:
+        load_backbone_weights(features, backbone, backbone_weights)
     features.eval()
     for parameter in features.parameters():
         parameter.requires_grad_(False)
