@@ -71,7 +71,8 @@ def test_onnx_runtime_matches_torch_for_any_batch_size(exported: dict) -> None:
     assert set(reference["pred_label"].reshape(-1).tolist()) == {False, True}, "the check must see both labels"
 
 
-def test_openvino_inferencer_matches_torch(exported: dict) -> None:
+def test_openvino_inferencer_matches_torch(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # anomalib's OpenVINOInferencer writes ./openvino_cache
     inferencer = OpenVINOInferencer(path=exported["paths"]["openvino"], device="CPU")
     for path in exported["images"]:
         prediction = inferencer.predict(path)
@@ -155,7 +156,11 @@ def test_predict_folder_with_the_openvino_export(exported: dict, synthetic_root:
     output = tmp_path / "out"
     command = ["anomalib-featureridge", "predict", "--model", str(exported["paths"]["openvino"])]
     result = subprocess.run(
-        [*command, "--input", str(folder), "--output", str(output)], capture_output=True, text=True, check=False
+        [*command, "--input", str(folder), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,  # anomalib's OpenVINOInferencer writes ./openvino_cache
     )
     assert result.returncode == 0, result.stderr[-3000:]
     images = sorted(folder.glob("*.png"))
