@@ -29,20 +29,22 @@ from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from compare_models import build_model
 
+Runtime = Callable[[np.ndarray], dict[str, np.ndarray]]
 
-def _timed(run: Callable[[], object]) -> float:
+
+def _timed(run: Runtime, batch: np.ndarray) -> float:
     start = time.perf_counter()
-    run()
+    run(batch)
     return time.perf_counter() - start
 
 
-def _max_differences(runtimes: dict[str, Callable[[torch.Tensor], dict]], images: list[torch.Tensor]) -> dict[str, str]:
+def _max_differences(runtimes: dict[str, Runtime], batches: list[np.ndarray]) -> dict[str, str]:
     """Largest |score| and |map| difference of each runtime against torch eager, and label disagreements."""
     worst = {runtime: [0.0, 0.0, 0] for runtime in runtimes}
-    for image in images:
-        reference = runtimes["torch eager"](image)
+    for batch in batches:
+        reference = runtimes["torch eager"](batch)
         for runtime, run in runtimes.items():
-            output = run(image)
+            output = run(batch)
             worst[runtime][0] = max(
                 worst[runtime][0], float(np.abs(output["pred_score"] - reference["pred_score"]).max())
             )
@@ -53,9 +55,7 @@ def _max_differences(runtimes: dict[str, Callable[[torch.Tensor], dict]], images
     return {runtime: f"{score:.1e} / {amap:.1e} / {labels}" for runtime, (score, amap, labels) in worst.items()}
 
 
-def benchmark_model(
-    name: str, args: argparse.Namespace, workdir: Path, image: torch.Tensor, parity_images: list[torch.Tensor]
-) -> dict[str, dict]:
+def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, batches: list[np.ndarray]) -> dict[str, dict]:
     """Fit, export, check parity and time one model; return {runtime: {latency_ms, size_mb, parity}}."""
     model = build_model(name, args.backbone, list(args.layers), args.weights)
     datamodule = MVTecAD(root=args.root, category=args.category, num_workers=2, train_batch_size=16)
@@ -68,29 +68,24 @@ def benchmark_model(
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     compiled = openvino.Core().compile_model(str(openvino_path), "CPU")
-    batch = image[None]
-    batch_numpy = batch.numpy()
-    runtimes: dict[str, Callable[[], object]] = {
-        "torch eager": lambda: model(batch),
-        "onnxruntime": lambda: session.run(None, {input_name: batch_numpy}),
-        "openvino": lambda: compiled(batch_numpy),
-    }
     output_names = [output.name for output in session.get_outputs()]
-    as_dicts: dict[str, Callable[[torch.Tensor], dict]] = {
-        "torch eager": lambda x: {k: v.numpy() for k, v in model(x[None])._asdict().items() if v is not None},
-        "onnxruntime": lambda x: dict(zip(output_names, session.run(None, {input_name: x[None].numpy()}), strict=True)),
-        "openvino": lambda x: {next(iter(k.names)): v for k, v in compiled(x[None].numpy()).items()},
+    # Each runtime maps the same float RGB batch to the same named outputs, for parity and timing alike.
+    runtimes: dict[str, Runtime] = {
+        "torch eager": lambda b: {
+            k: v.numpy() for k, v in model(torch.from_numpy(b))._asdict().items() if v is not None
+        },
+        "onnxruntime": lambda b: dict(zip(output_names, session.run(None, {input_name: b}), strict=True)),
+        "openvino": lambda b: {next(iter(key.names)): value for key, value in compiled(b).items()},
     }
-    with torch.no_grad():
-        parity = _max_differences(as_dicts, parity_images)
     samples: dict[str, list[float]] = {runtime: [] for runtime in runtimes}
     with torch.no_grad():
+        parity = _max_differences(runtimes, batches)
         for _ in range(args.warmup):
             for run in runtimes.values():
-                run()
+                run(batches[0])
         for _ in range(args.repeats):
             for runtime, run in runtimes.items():
-                samples[runtime].append(_timed(run))
+                samples[runtime].append(_timed(run, batches[0]))
     onnx_bytes = sum(path.stat().st_size for path in onnx_path.parent.iterdir())
     openvino_bytes = sum(path.stat().st_size for path in openvino_path.parent.iterdir())
     sizes = {"torch eager": None, "onnxruntime": onnx_bytes, "openvino": openvino_bytes}
@@ -120,11 +115,9 @@ def main() -> None:
     test_images = sorted((args.root / args.category / "test").rglob("*.png"))
     if not test_images:
         raise SystemExit(f"No test images under {args.root / args.category / 'test'}")
-    parity_images = [read_image(path, as_tensor=True) for path in test_images]
+    batches = [read_image(path, as_tensor=True)[None].numpy() for path in test_images]
     with tempfile.TemporaryDirectory() as tmp:
-        results = {
-            name: benchmark_model(name, args, Path(tmp), parity_images[0], parity_images) for name in args.models
-        }
+        results = {name: benchmark_model(name, args, Path(tmp), batches) for name in args.models}
 
     baseline = results[args.models[0]]["torch eager"]["latency_ms"]
     print(f"\n{args.category}, {args.backbone} {list(args.layers)}, batch 1, {torch.get_num_threads()} CPU threads")

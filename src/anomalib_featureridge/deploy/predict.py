@@ -73,7 +73,7 @@ def predict_folder(model_path: Path, folder: Path, output: Path) -> list[Predict
     predictions = []
     for path in tqdm(images, desc="Scoring", unit="image"):
         original = read_image(path, as_tensor=False)
-        result = inferencer.predict(path)
+        result = inferencer.predict(original)
         height, width = original.shape[:2]
         anomaly_map = map_to_original_size(np.asarray(result.anomaly_map), height, width)
         prediction = Prediction(

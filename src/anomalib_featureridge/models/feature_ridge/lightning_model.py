@@ -134,7 +134,7 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
     def setup(self, stage: str) -> None:
         """Refuse an empty training set before Lightning fails on it with a sampler error."""
         super().setup(stage)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self._trainer, "datamodule", None)
         train_data = getattr(datamodule, "train_data", None)
         if stage == "fit" and train_data is not None and len(train_data) == 0:
             msg = (
@@ -146,12 +146,7 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
     def on_train_start(self) -> None:
         """Fitting a fitted model adds the new images to its statistics (an incremental update) and re-solves."""
         if bool(self.model.fitted):
-            if self.model.statistics.is_empty:
-                msg = (
-                    "This FeatureRidge was fitted with keep_statistics=False, so training it again would silently "
-                    "forget the first fit. Start from a new model, or keep the statistics."
-                )
-                raise RuntimeError(msg)
+            self.model.require_statistics()
             logger.info(
                 "FeatureRidge is already fitted on %d feature vectors: the new training images are added to them.",
                 int(self.model.statistics.count),
@@ -166,9 +161,6 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
 
     def fit(self) -> None:
         """Solve the Ridge map once the training epoch has been seen."""
-        if self.model.statistics.is_empty:
-            msg = "FeatureRidge saw no training images: the training set is empty."
-            raise ValueError(msg)
         logger.info("Solving the Ridge map from %d feature vectors.", int(self.model.statistics.count))
         self.model.fit()
 

@@ -143,6 +143,16 @@ class FeatureRidgeModel(nn.Module):
         if not self.keep_statistics:
             self.statistics.clear()
 
+    def require_statistics(self) -> None:
+        """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost."""
+        if self.statistics.is_empty and bool(self.fitted):
+            msg = (
+                "This model's sufficient statistics were dropped (keep_statistics=False), so new images would "
+                "silently replace the first fit instead of adding to it. Refit on all images, from a new model "
+                "with keep_statistics=True."
+            )
+            raise RuntimeError(msg)
+
     @torch.no_grad()
     def update(self, images: torch.Tensor | Iterable[torch.Tensor]) -> None:
         """Add new normal images and re-solve, without revisiting the images already fitted.
@@ -150,12 +160,7 @@ class FeatureRidgeModel(nn.Module):
         ``images`` is a pre-processed batch ``(B, 3, H, W)`` or an iterable of such batches or
         single images ``(3, H, W)``, which may differ in size.
         """
-        if self.statistics.is_empty and bool(self.fitted):
-            msg = (
-                "This model's sufficient statistics were dropped (keep_statistics=False), so it cannot be "
-                "updated incrementally. Refit it on all images, with keep_statistics=True."
-            )
-            raise RuntimeError(msg)
+        self.require_statistics()
         batches = [images] if isinstance(images, torch.Tensor) else images
         for batch in batches:
             self.accumulate(batch.unsqueeze(0) if batch.ndim == 3 else batch)
