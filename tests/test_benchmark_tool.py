@@ -1,0 +1,93 @@
+"""tools/benchmark.py: bad input fails before any fit, rows survive an interruption, the report's ratios."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import benchmark
+from benchmark_report import markdown, write_report
+
+SMOKE = ["--backbone", "resnet18", "--layers", "layer2", "layer3", "--random-init", "--batch-size", "4"]
+SMOKE += ["--warmup", "0", "--repeats", "1", "--num-workers", "0"]
+
+
+def run(root: Path, output: Path, *extra: str) -> None:
+    benchmark.main(["--root", str(root), "--categories", "synthetic", "--output", str(output), *SMOKE, *extra])
+
+
+def test_unknown_category_lists_the_available_ones(synthetic_root, tmp_path):
+    with pytest.raises(SystemExit, match=r"No category \['bottle'\].*categories there: \['synthetic'\]"):
+        benchmark.main(["--root", str(synthetic_root), "--categories", "bottle", "--output", str(tmp_path)])
+
+
+def test_unregistered_model_is_refused_with_the_registered_names(synthetic_root, tmp_path):
+    with pytest.raises(SystemExit, match=r"'NoSuchModel' is not registered.*FeatureRidge.*Patchcore"):
+        run(synthetic_root, tmp_path, "--models", "FeatureRidge", "NoSuchModel")
+
+
+def test_weights_for_another_backbone_fail_before_any_fit(synthetic_root, tmp_path):
+    import timm
+
+    weights = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), weights)
+    with pytest.raises(Exception, match="resnet18"):
+        run(synthetic_root, tmp_path / "out", "--weights", str(weights), "--scaling", "4", "--skip-full")
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, monkeypatch):
+    measured: list[tuple[str, int]] = []
+    real_measure = benchmark.measure
+
+    def measure_then_interrupt(name, mode, category, n_train, *args):
+        if len(measured) == 1:
+            raise KeyboardInterrupt
+        measured.append((name, n_train))
+        return real_measure(name, mode, category, n_train, *args)
+
+    monkeypatch.setattr(benchmark, "measure", measure_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
+
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(row["model"], row["n_train"]) for row in rows] == [("FeatureRidge", "4")]
+    row = rows[0]
+    assert row["error"] == ""
+    assert float(row["fit_s"]) > 0
+    assert float(row["infer_ms_per_image"]) > 0
+    assert float(row["backbone_ms_per_image"]) > 0
+    assert float(row["peak_rss_fit_mib"]) > 100
+    assert 0 < float(row["head_mib"]) < float(row["model_mib"])
+
+    measured.clear()
+    monkeypatch.setattr(benchmark, "measure", lambda name, mode, category, n, *args: measured.append(n) or {})
+    run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
+    assert measured == [6]
+    assert (tmp_path / "results.md").exists()
+
+
+def test_too_large_a_training_subset_becomes_an_error_row(synthetic_root, tmp_path):
+    run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "1000")
+    (row,) = csv.DictReader((tmp_path / "results.csv").open())
+    assert "asked for 1000 training images, the category has 12" in row["error"]
+
+
+def test_report_ratios_are_against_patchcore_of_the_same_group(tmp_path):
+    def row(model: str, fit: str, infer: str, n: str = "8") -> dict[str, str]:
+        values = dict.fromkeys(benchmark.FIELDS, "")
+        values |= {"mode": "scaling", "model": model, "category": "c", "n_train": n, "fit_s": fit}
+        return values | {"infer_ms_per_image": infer, "backbone_ms_per_image": "2", "model_mib": "1"}
+
+    rows = [row("FeatureRidge", "1", "3"), row("Patchcore", "10", "12"), row("Patchcore", "20", "30", n="16")]
+    table = markdown(rows)
+    feature_ridge_line = next(line for line in table.splitlines() if line.startswith("| FeatureRidge"))
+    assert "| 1.50x | 0.25x | 0.10x |" in feature_ridge_line
+    write_report(rows, tmp_path)
+    assert (tmp_path / "scaling.png").stat().st_size > 0

@@ -1,0 +1,151 @@
+"""Markdown tables and plots from the rows ``tools/benchmark.py`` appended to ``results.csv``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+import matplotlib.pyplot as plt
+
+Row = dict[str, str]
+REFERENCE = "Patchcore"
+COLUMNS = (
+    ("image AUROC", "image_AUROC"),
+    ("pixel AUROC", "pixel_AUROC"),
+    ("pixel AUPRO", "pixel_AUPRO"),
+    ("fit s", "fit_s"),
+    ("infer ms/img", "infer_ms_per_image"),
+    ("backbone ms/img", "backbone_ms_per_image"),
+    ("peak RSS MiB", "peak_rss_fit_mib"),
+    ("model MiB", "model_mib"),
+    ("head MiB", "head_mib"),
+)
+
+
+def _number(row: Row, field: str) -> float | None:
+    value = row.get(field, "")
+    return float(value) if value not in {"", None} else None
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}x" if value is not None and reference else ""
+
+
+def _cell(row: Row, field: str) -> str:
+    value = _number(row, field)
+    return "" if value is None else f"{value:g}"
+
+
+def _group(rows: list[Row]) -> dict[tuple[str, str, str], list[Row]]:
+    """Rows by (mode, category, n_train): the rows that are compared with each other."""
+    groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row["mode"], row["category"], row["n_train"]].append(row)
+    return groups
+
+
+def markdown(rows: list[Row]) -> str:
+    """One table per mode; ratios are against Patchcore's row of the same mode, category and size."""
+    lines: list[str] = []
+    header = (
+        "| model | category | n train | settings | "
+        + " | ".join(title for title, _ in COLUMNS)
+        + " | infer / backbone | infer vs Patchcore | fit vs Patchcore | error |"
+    )
+    for mode in ("full", "scaling", "few-shot"):
+        mode_rows = [row for row in rows if row["mode"] == mode]
+        if not mode_rows:
+            continue
+        lines += ["", f"### {mode}", "", header, "|" + "---|" * (header.count("|") - 1)]
+        for (_, _, _), group in _group(mode_rows).items():
+            reference = next((row for row in group if row["model"] == REFERENCE and not row["error"]), None)
+            for row in group:
+                infer = _number(row, "infer_ms_per_image")
+                ratios = [
+                    _ratio(infer, _number(row, "backbone_ms_per_image")),
+                    _ratio(infer, reference and _number(reference, "infer_ms_per_image")),
+                    _ratio(_number(row, "fit_s"), reference and _number(reference, "fit_s")),
+                ]
+                cells = [row["model"], row["category"], row["n_train"], row["settings"]]
+                cells += [_cell(row, field) for _, field in COLUMNS] + ratios + [row["error"]]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _bars(axis: plt.Axes, rows: list[Row], field: str, title: str) -> None:
+    """Grouped bars: one group per category, one bar per model."""
+    categories = sorted({row["category"] for row in rows})
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    width = 0.8 / max(len(models), 1)
+    for offset, model in enumerate(models):
+        values = [
+            next((_number(r, field) or 0.0 for r in rows if r["model"] == model and r["category"] == c), 0.0)
+            for c in categories
+        ]
+        axis.bar([i + offset * width for i in range(len(categories))], values, width, label=model)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories)
+    axis.set_title(title)
+
+
+def _lines(axis: plt.Axes, rows: list[Row], field: str, title: str, category: str | None = None) -> None:
+    """One line per model over the training-set size."""
+    for model in dict.fromkeys(row["model"] for row in rows):
+        points = sorted(
+            (int(row["n_train"]), _number(row, field))
+            for row in rows
+            if row["model"] == model and _number(row, field) is not None and category in {None, row["category"]}
+        )
+        if points:
+            axis.plot(*zip(*points, strict=True), marker="o", label=model)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("training images")
+    axis.set_title(title)
+
+
+def plots(rows: list[Row], output: Path) -> list[Path]:
+    """Accuracy per category, cost per model, scaling and few-shot curves; returns the files written."""
+    written: list[Path] = []
+    ok = [row for row in rows if not row["error"]]
+
+    def save(figure: plt.Figure, name: str) -> None:
+        axes = figure.axes
+        axes[0].legend(fontsize="small")
+        figure.tight_layout()
+        figure.savefig(output / name, dpi=110)
+        plt.close(figure)
+        written.append(output / name)
+
+    full = [row for row in ok if row["mode"] == "full"]
+    if full:
+        figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for axis, (title, field) in zip(axes, COLUMNS[:3], strict=True):
+            _bars(axis, full, field, title)
+        save(figure, "accuracy.png")
+        figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+        for axis, (title, field) in zip(axes, [COLUMNS[3], COLUMNS[4], COLUMNS[6], COLUMNS[7]], strict=True):
+            _bars(axis, full, field, title)
+        save(figure, "cost.png")
+    scaling = [row for row in ok if row["mode"] == "scaling"]
+    if scaling:
+        figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for axis, (title, field) in zip(axes, [COLUMNS[3], COLUMNS[6], COLUMNS[7]], strict=True):
+            _lines(axis, scaling, field, title)
+        save(figure, "scaling.png")
+    few_shot = [row for row in ok if row["mode"] == "few-shot"]
+    categories = sorted({row["category"] for row in few_shot})
+    if few_shot:
+        figure, axes = plt.subplots(len(categories), 3, figsize=(13, 3.6 * len(categories)), squeeze=False)
+        for axes_row, category in zip(axes, categories, strict=True):
+            for axis, (title, field) in zip(axes_row, COLUMNS[:3], strict=True):
+                _lines(axis, few_shot, field, f"{category}: {title}", category)
+        save(figure, "few_shot.png")
+    return written
+
+
+def write_report(rows: list[Row], output: Path) -> None:
+    """Write ``results.md`` and the plots next to the CSV."""
+    (output / "results.md").write_text(markdown(rows))
+    plots(rows, output)
