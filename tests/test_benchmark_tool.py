@@ -44,19 +44,22 @@ def test_weights_for_another_backbone_fail_before_any_fit(synthetic_root, tmp_pa
 
 def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, monkeypatch):
     measured: list[tuple[str, int]] = []
+    on_disk_when_killed: list[dict[str, str]] = []
     real_measure = benchmark.measure
 
-    def measure_then_interrupt(name, mode, category, n_train, *args):
-        if len(measured) == 1:
+    def measure_then_die(name, mode, category, n_train, *args):
+        if measured:
+            # What a hard kill at this point would leave: the file as it is on disk now.
+            on_disk_when_killed.extend(csv.DictReader((tmp_path / "results.csv").open()))
             raise KeyboardInterrupt
         measured.append((name, n_train))
         return real_measure(name, mode, category, n_train, *args)
 
-    monkeypatch.setattr(benchmark, "measure", measure_then_interrupt)
+    monkeypatch.setattr(benchmark, "measure", measure_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
 
-    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    rows = on_disk_when_killed
     assert [(row["model"], row["n_train"]) for row in rows] == [("FeatureRidge", "4")]
     row = rows[0]
     assert row["error"] == ""

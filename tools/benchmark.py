@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
+import os
 import random
 import statistics
 import sys
@@ -342,15 +343,24 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 @contextmanager
-def appending_writer(path: Path) -> Iterator[csv.DictWriter]:
-    """A CSV writer that appends to ``path``, writing the header only for a new file."""
+def row_appender(path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A function that appends one row to ``path`` and flushes it to disk at once (header for a new file).
+
+    Each row reaches the disk before the next run starts, so a crash or a kill loses only the run
+    in progress.
+    """
     new_file = not path.exists()
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
+
+        def append(row: dict[str, Any]) -> None:
+            writer.writerow(row)
+            handle.flush()
+            os.fsync(handle.fileno())
+
         if new_file:
             writer.writeheader()
-            handle.flush()
-        yield writer
+        yield append
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
@@ -449,7 +459,7 @@ def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
         load_backbone_weights(floor, setup.backbone, setup.weights)
     done = {row_key(row) for row in read_rows(csv_path) if not row["error"]}
     runs = [(mode, category, n, name) for mode, category, n in plan(args) for name in args.models]
-    with appending_writer(csv_path) as writer:
+    with row_appender(csv_path) as append:
         for index, (mode, category, n_train, name) in enumerate(runs, start=1):
             identity = {
                 "mode": mode,
@@ -470,7 +480,7 @@ def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
                 row = identity | measure(name, mode, category, n_train, args, setup, floor)
             except (ValueError, RuntimeError, MemoryError, torch.OutOfMemoryError) as error:
                 row = identity | {"error": f"{type(error).__name__}: {error}".replace("\n", " ")[:300]}
-            writer.writerow(row)
+            append(row)
             print(f"{label}: {row}", flush=True)
 
 
