@@ -257,10 +257,12 @@ def timing_batch(model: AnomalibModule, datamodule: AnomalibDataModule) -> torch
     return torch.stack([transform(image) for image in images])
 
 
-def median_seconds(run: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``run`` after ``warmup`` calls (synchronising a GPU around each call)."""
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]], warmup: int, repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median wall time of each run, timed in alternation so that machine noise hits all of them alike."""
 
-    def timed() -> float:
+    def timed(run: Callable[[], object]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -269,10 +271,15 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int, device:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         for _ in range(warmup):
-            run()
-        return statistics.median(timed() for _ in range(repeats))
+            for run in runs.values():
+                run()
+        for _ in range(repeats):
+            for name, run in runs.items():
+                samples[name].append(timed(run))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def exported_sizes(model: AnomalibModule, workdir: Path) -> tuple[float, float]:
@@ -318,12 +325,11 @@ def measure(
         device = next(model.model.parameters()).device
         batch = timing_batch(model, datamodule).to(device)
         floor.to(device)
-        row["infer_ms_per_image"] = round(
-            1000 * median_seconds(lambda: model.model(batch), setup.warmup, setup.repeats, device) / TIMING_BATCH, 3
+        seconds = interleaved_medians(
+            {"model": lambda: model.model(batch), "backbone": lambda: floor(batch)}, setup.warmup, setup.repeats, device
         )
-        row["backbone_ms_per_image"] = round(
-            1000 * median_seconds(lambda: floor(batch), setup.warmup, setup.repeats, device) / TIMING_BATCH, 3
-        )
+        row["infer_ms_per_image"] = round(1000 * seconds["model"] / TIMING_BATCH, 3)
+        row["backbone_ms_per_image"] = round(1000 * seconds["backbone"] / TIMING_BATCH, 3)
         row["model_mib"], row["head_mib"] = (round(size, 3) for size in exported_sizes(model, Path(workdir)))
         row["device"] = device.type
     return row
