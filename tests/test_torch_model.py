@@ -5,7 +5,11 @@ import torch
 from conftest import small_model
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_featureridge.models.feature_ridge.torch_model import neighbourhood_features, upsample_to
+from anomalib_featureridge.models.feature_ridge.torch_model import (
+    SeparableGaussianBlur,
+    neighbourhood_features,
+    upsample_to,
+)
 
 
 def _normal_images(count: int, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -151,3 +155,17 @@ def test_smoothing_keeps_shape() -> None:
     model = small_model(sigma=4.0)
     model.update(_normal_images(3))
     assert model(torch.rand(1, 3, 64, 64)).anomaly_map.shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0])
+def test_separable_blur_equals_anomalibs_2d_gaussian(sigma: float) -> None:
+    from anomalib.models.components import GaussianBlur2d
+
+    maps = torch.rand(2, 1, 64, 48) * 10
+    kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
+    reference = GaussianBlur2d(kernel_size=(kernel_size, kernel_size), sigma=(sigma, sigma), channels=1)(maps)
+    torch.testing.assert_close(SeparableGaussianBlur(sigma)(maps), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_blur_kernel_is_not_saved() -> None:
+    assert not any(key.startswith("blur.") for key in small_model(sigma=4.0).state_dict())
