@@ -160,13 +160,15 @@ def draw_line(
     steps = np.linspace(-1.0, 1.0, 64)[:, None]
     # A parabola through both ends, bowed by ``bow`` at the middle.
     points = centre + steps * half * direction + (1 - steps**2) * bow * normal
-    stroke = np.zeros((height, width_px), dtype=np.uint8)
-    thickness = max(1, round(rng.uniform(*width)))
-    cv2.polylines(stroke, [np.rint(points).astype(np.int32)], isClosed=False, color=1, thickness=thickness)
+    centreline = np.ones((height, width_px), dtype=np.uint8)
+    cv2.polylines(centreline, [np.rint(points).astype(np.int32)], isClosed=False, color=0, thickness=1)
+    # cv2's own thick lines grow in odd steps (thickness 3 draws 5 pixels): measure the width instead.
+    distance = cv2.distanceTransform(centreline, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    stroke = distance < max(1.0, rng.uniform(*width)) / 2
     paint = _contrasting_colour(image, region, rng) if colour is None else np.asarray(colour, dtype=np.float32)
     painted = _as_float(image).copy()
-    painted[stroke.astype(bool)] = paint if image.ndim == 3 else float(np.mean(paint))
-    return _finish(image, painted, region & stroke.astype(bool))
+    painted[stroke] = paint if image.ndim == 3 else float(np.mean(paint))
+    return _finish(image, painted, region & stroke)
 
 
 def rotate_locally(
@@ -267,7 +269,16 @@ def add_defect(
     raise ValueError(msg)
 
 
-def _read(path: Path) -> np.ndarray:
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def images_in(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    return sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_gray_or_rgb(path: str | Path) -> np.ndarray:
+    """A ``uint8`` array: ``(H, W)`` for single-channel files, ``(H, W, 3)`` otherwise."""
     with Image.open(path) as image:
         return np.asarray(image.convert("L" if image.mode in {"L", "I;16", "I", "1"} else "RGB"))
 
@@ -310,12 +321,12 @@ def make_synthetic_split(
         msg = f"Unknown or no defect kinds {unknown or list(kinds)}; choose from {DEFECT_KINDS}."
         raise ValueError(msg)
     paths = [Path(path) for path in good_images]
-    region_finder = region_finder or ObjectRegionFinder.from_images(_read(path) for path in paths)
+    region_finder = region_finder or ObjectRegionFinder.from_images(read_gray_or_rgb(path) for path in paths)
     rng = np.random.default_rng(seed)
     category_dir = Path(category_dir)
     counts = {"good": 0, **dict.fromkeys(kinds, 0)}
     for index, path in enumerate(paths):
-        image = _read(path)
+        image = read_gray_or_rgb(path)
         name = f"{index:03d}"
         _save(image, category_dir / split / "good" / f"{name}.png")
         counts["good"] += 1
