@@ -77,35 +77,29 @@ def _predict(args: argparse.Namespace) -> int:
 def _synthesize(args: argparse.Namespace) -> int:
     import shutil
 
-    import numpy as np
-
     from anomalib_featureridge.data.defects import (
         DEFECT_KINDS,
         ObjectRegionFinder,
+        hold_out,
         images_in,
         make_synthetic_split,
         read_gray_or_rgb,
     )
 
-    if not 0.0 < args.holdout <= 1.0:
-        print(f"--holdout must lie in (0, 1], got {args.holdout}", file=sys.stderr)
-        return 2
     good = images_in(args.source)
     if not good:
         print(f"No images in {args.source}", file=sys.stderr)
         return 2
-    order = np.random.default_rng(args.seed).permutation(len(good))
-    held_count = max(1, round(args.holdout * len(good)))
-    held_out = [good[index] for index in sorted(order[:held_count])]
+    kept, held_out = hold_out(good, args.holdout, args.seed)
     category_dir = args.output / args.category
-    for index in sorted(order[held_count:]):
-        target = category_dir / "train" / "good" / good[index].name
+    for path in kept:
+        target = category_dir / "train" / "good" / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(good[index], target)
+        shutil.copy2(path, target)
     finder = ObjectRegionFinder.from_images(read_gray_or_rgb(path) for path in good)
     counts = make_synthetic_split(held_out, category_dir, "test", args.kinds or DEFECT_KINDS, args.seed, finder)
-    print(f"Wrote {category_dir}: {len(good) - held_count} train/good, synthetic test split {counts}.")
-    if held_count < len(good):
+    print(f"Wrote {category_dir}: {len(kept)} train/good, synthetic test split {counts}.")
+    if kept:
         print("Thresholds and metrics from the synthetic defects (F1 needs positives):")
         print(
             f"  anomalib train --model FeatureRidge --data MVTecAD --data.root {args.output} "

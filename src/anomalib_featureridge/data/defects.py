@@ -277,6 +277,16 @@ def images_in(folder: str | Path) -> list[Path]:
     return sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def hold_out(paths: Sequence[Path], share: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """``(kept, held out)``: a seeded random ``share`` of ``paths`` (at least one) is held out, both in name order."""
+    if not 0.0 < share <= 1.0:
+        msg = f"The held-out share must lie in (0, 1], got {share}."
+        raise ValueError(msg)
+    order = np.random.default_rng(seed).permutation(len(paths))
+    count = max(1, round(share * len(paths)))
+    return [paths[index] for index in sorted(order[count:])], [paths[index] for index in sorted(order[:count])]
+
+
 def read_gray_or_rgb(path: str | Path) -> np.ndarray:
     """A ``uint8`` array: ``(H, W)`` for single-channel files, ``(H, W, 3)`` otherwise."""
     with Image.open(path) as image:
