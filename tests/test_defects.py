@@ -13,6 +13,7 @@ from anomalib_featureridge.data.defects import (
     ObjectRegionFinder,
     add_defect,
     draw_line,
+    hold_out,
     make_synthetic_split,
     read_gray_or_rgb,
     rotate_locally,
@@ -144,3 +145,13 @@ def test_cli_holds_out_good_images_for_a_synthetic_split(tmp_path: Path) -> None
     assert len(list((category / "train" / "good").glob("*.png"))) == 3
     assert len(list((category / "test" / "good").glob("*.png"))) == 2
     assert len(list((category / "ground_truth").rglob("*_mask.png"))) == 2
+
+
+def test_hold_out_is_seeded_disjoint_and_refuses_an_empty_share() -> None:
+    paths = [Path(f"{index}.png") for index in range(10)]
+    kept, held = hold_out(paths, 0.3, seed=1)
+    assert len(held) == 3
+    assert sorted(kept + held) == sorted(paths)
+    assert hold_out(paths, 0.3, seed=1) == (kept, held)
+    with pytest.raises(ValueError, match="held-out share"):
+        hold_out(paths, 0.0)
