@@ -115,6 +115,10 @@ class ObjectRegionFinder:
         return cv2.resize(region.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
+def _region_or_all(image: np.ndarray, region: np.ndarray | None) -> np.ndarray:
+    return np.ones(image.shape[:2], dtype=bool) if region is None else region
+
+
 def _random_point(region: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     rows, cols = np.nonzero(region)
     index = int(rng.integers(rows.size))
@@ -149,7 +153,7 @@ def draw_line(
         colour: Grey level or per-channel colour; ``None`` picks one that contrasts with the object.
     """
     height, width_px = image.shape[:2]
-    region = np.ones((height, width_px), dtype=bool) if region is None else region
+    region = _region_or_all(image, region)
     centre_y, centre_x = _random_point(region, rng)
     half = rng.uniform(*length) * min(height, width_px) / 2
     angle = rng.uniform(0, math.pi)
@@ -187,8 +191,8 @@ def rotate_locally(
         radius: Range of the disc radius as a fraction of the shorter image side.
         angle: Range of the rotation at the centre, in degrees (either direction).
     """
-    height, width = image.shape[:2]
-    region = np.ones((height, width), dtype=bool) if region is None else region
+    region = _region_or_all(image, region)
+    height, width = region.shape
     centre_y, centre_x = _random_point(region, rng)
     disc_radius = max(3.0, rng.uniform(*radius) * min(height, width))
     turn = math.radians(rng.uniform(*angle)) * rng.choice([-1.0, 1.0])
@@ -227,8 +231,8 @@ def perlin_blob(
         blend: Range of the texture's opacity.
         scale: Range of the noise scale exponent (blob grid of ``2 ** scale`` cells; larger is smaller blobs).
     """
-    height, width = image.shape[:2]
-    region = np.ones((height, width), dtype=bool) if region is None else region
+    region = _region_or_all(image, region)
+    height, width = region.shape
     shape_noise = _perlin(height, width, rng, 2 ** int(rng.integers(scale[0], scale[1])))
     blob = (shape_noise > 0.5).numpy()
     texture = (_perlin(height, width, rng, 2 ** int(rng.integers(scale[0], scale[1]))).numpy() + 1.0) * 127.5
