@@ -5,6 +5,7 @@ Importing this package is never needed: once installed, ``anomalib.models`` load
 """
 
 from .models import FeatureRidge, FeatureRidgeModel
+from .thresholds import NormalQuantilePostProcessor
 
-__all__ = ["FeatureRidge", "FeatureRidgeModel"]
+__all__ = ["FeatureRidge", "FeatureRidgeModel", "NormalQuantilePostProcessor"]
 __version__ = "0.1.0"

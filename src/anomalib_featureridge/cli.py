@@ -2,8 +2,9 @@
 
 Training, testing and export go through anomalib's own CLI (``anomalib train --model
 FeatureRidge``); this command only adds what anomalib does not have: a dataset generated on the
-spot, a one-command demo on it that needs no download, and scoring a folder with an exported
-model (heatmap overlays at the original image size).
+spot, a one-command demo on it that needs no download, scoring a folder with an exported
+model (heatmap overlays at the original image size), and synthetic defects on your own good
+images so that thresholds and pixel metrics have positives.
 """
 
 from __future__ import annotations
@@ -73,6 +74,40 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthesize(args: argparse.Namespace) -> int:
+    import shutil
+
+    from anomalib_featureridge.data.defects import (
+        DEFECT_KINDS,
+        ObjectRegionFinder,
+        hold_out,
+        images_in,
+        make_synthetic_split,
+        read_gray_or_rgb,
+    )
+
+    good = images_in(args.source)
+    if not good:
+        print(f"No images in {args.source}", file=sys.stderr)
+        return 2
+    kept, held_out = hold_out(good, args.holdout, args.seed)
+    category_dir = args.output / args.category
+    for path in kept:
+        target = category_dir / "train" / "good" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    finder = ObjectRegionFinder.from_images(read_gray_or_rgb(path) for path in good)
+    counts = make_synthetic_split(held_out, category_dir, "test", args.kinds or DEFECT_KINDS, args.seed, finder)
+    print(f"Wrote {category_dir}: {len(kept)} train/good, synthetic test split {counts}.")
+    if kept:
+        print("Thresholds and metrics from the synthetic defects (F1 needs positives):")
+        print(
+            f"  anomalib train --model FeatureRidge --data MVTecAD --data.root {args.output} "
+            f"--data.category {args.category} --data.val_split_mode same_as_test"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (also used by the docs)."""
     parser = argparse.ArgumentParser(prog="anomalib-featureridge", description=__doc__.splitlines()[0])
@@ -97,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", type=Path, required=True, help="folder of images")
     predict.add_argument("--output", type=Path, default=Path("predictions"), help="output folder")
     predict.set_defaults(handler=_predict)
+
+    synthesize = commands.add_parser(
+        "synthesize-defects",
+        help="hold out good images and add synthetic defects with masks (an MVTec-layout category)",
+        description="Split a folder of good images: --holdout of them form test/good and get one synthetic defect "
+        "each (test/<kind>, ground_truth/<kind>); the rest are copied to train/good. --holdout 1 makes a whole "
+        "synthetic test split.",
+    )
+    synthesize.add_argument("source", type=Path, help="folder of good images, e.g. DATA/bottle/train/good")
+    synthesize.add_argument("output", type=Path, help="dataset root; the category folder is created inside it")
+    synthesize.add_argument("--category", default="synthetic_defects", help="category folder name")
+    synthesize.add_argument("--holdout", type=float, default=0.2, help="share of images for the synthetic split")
+    synthesize.add_argument("--kinds", nargs="+", help="kinds to cycle through (default: line distortion perlin)")
+    synthesize.add_argument("--seed", type=int, default=0, help="same seed, same files (default: 0)")
+    synthesize.set_defaults(handler=_synthesize)
     return parser
 
 
