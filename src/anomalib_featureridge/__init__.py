@@ -4,7 +4,7 @@ Importing this package is never needed: once installed, ``anomalib.models`` load
 ``anomalib.models`` entry point group (see ``anomalib_plugin_loader``).
 """
 
-from .models import FeatureRidge, FeatureRidgeModel
+from .models import FeatureRidge, FeatureRidgeModel, WinClipPlus, WinClipPlusModel
 
-__all__ = ["FeatureRidge", "FeatureRidgeModel"]
+__all__ = ["FeatureRidge", "FeatureRidgeModel", "WinClipPlus", "WinClipPlusModel"]
 __version__ = "0.1.0"

@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.post_processing import PostProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
+from ..common import SingleFileOnnxMixin, segmentation_evaluator
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureRidge"]
 
 
-class FeatureRidge(MemoryBankMixin, AnomalibModule):
+class FeatureRidge(SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
     """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
 
     Args:
@@ -118,13 +119,7 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
     @staticmethod
     def configure_evaluator() -> Evaluator:
         """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3), the figures the paper reports."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-        ]
-        return Evaluator(test_metrics=test_metrics)
+        return segmentation_evaluator()
 
     @staticmethod
     def configure_post_processor() -> PostProcessor:
@@ -176,8 +171,9 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
             raise RuntimeError(msg)
 
     @contextmanager
-    def _without_statistics(self) -> Iterator[None]:
-        """Leave the training-only statistics out of what is saved, without touching the live model."""
+    def export_context(self) -> Iterator[None]:
+        """Exports need a fitted model and leave the training-only statistics out, without touching the live model."""
+        self._require_fitted()
         statistics = self.model.statistics
         self.model.statistics = RidgeStatistics().to(statistics.count.device)
         try:
@@ -187,23 +183,8 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export for torch inference, without the sufficient statistics (they only serve updates)."""
-        self._require_fitted()
-        with self._without_statistics():
+        with self.export_context():
             return super().to_torch(export_root, model_file_name)
-
-    def to_onnx(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Export to ONNX as a single self-contained file (opset 18, weights embedded); OpenVINO builds on it."""
-        self._require_fitted()
-        kwargs.setdefault("opset_version", 18)
-        kwargs.setdefault("external_data", False)
-        with self._without_statistics():
-            return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
