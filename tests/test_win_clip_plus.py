@@ -129,7 +129,10 @@ def test_few_shot_association_map_equals_anomalib_winclip(model: WinClipPlusMode
 
 def test_speed_option_runs_fewer_windows(tiny_clip: dict[str, Path]) -> None:
     fast = WinClipPlusModel(backbone=str(tiny_clip["config"]), pretrained=None, window_stride=2)
-    assert [index.shape[0] for index in fast.encoder.window_tokens()] == [9, 9]  # paper: 25 and 16 (starts 0, 2, 4 and 0, 2, 3)
+    assert [index.shape[0] for index in fast.encoder.window_tokens()] == [
+        9,
+        9,
+    ]  # paper: 25 and 16 (starts 0, 2, 4 and 0, 2, 3)
     fast.set_class_name("bottle")
     assert fast(torch.randn(1, 3, 48, 48)).anomaly_map.shape == (1, 1, 48, 48)
 

@@ -117,26 +117,9 @@ class WinClipPlus(SingleFileOnnxMixin, AnomalibModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint made with another backbone or other windows, naming both."""
-        saved = checkpoint.get("hyper_parameters", {})
-        keys = ("backbone", "scales", "window_stride")
-        current = {key: list(value) if key == "scales" else value for key, value in self._window_settings().items()}
-        trained = {key: saved.get(key, current[key]) for key in keys}
-        trained["scales"] = list(trained["scales"])
-        if trained != current:
-            msg = (
-                f"This checkpoint was made with {trained}, but the model is configured with {current}. "
-                f"Pass the same --model.backbone, --model.scales and --model.window_stride."
-            )
-            raise ValueError(msg)
+        """Refuse few-shot references made with other window scales or stride before tensors are copied."""
+        self.model.check_references(checkpoint.get("state_dict", {}), prefix="model.")
         super().on_load_checkpoint(checkpoint)
-
-    def _window_settings(self) -> dict[str, Any]:
-        return {
-            "backbone": self.hparams["backbone"],
-            "scales": self.model.scales,
-            "window_stride": self.model.window_stride,
-        }
 
     def setup(self, stage: str) -> None:
         """Build the text anchors and, for few-shot, the reference embeddings (once)."""

@@ -110,6 +110,30 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
         self.text_embeddings = text_anchors(clip, tokenizer, class_name).to(self.text_embeddings.device)
         self._text_side = None
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Loaded anchors make the text tower useless: release it (a checkpoint never needs it)."""
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if self.text_embeddings.shape[0] > 0:
+            self._text_side = None
+
+    def check_references(self, state_dict: dict[str, torch.Tensor], prefix: str = "") -> None:
+        """Raise if ``state_dict``'s reference windows do not fit this model's scales and stride."""
+        patches = state_dict.get(f"{prefix}reference_patches")
+        if patches is None or patches.shape[0] == 0:
+            return
+        k_shot = patches.shape[0] // (self.grid_size[0] * self.grid_size[1])
+        for scale in self.scales:
+            windows = state_dict.get(f"{prefix}reference_windows_{scale}")
+            expected = k_shot * self.coverage(scale).shape[0]
+            if windows is None or windows.shape[0] != expected:
+                found = "none" if windows is None else windows.shape[0]
+                msg = (
+                    f"The saved few-shot references do not fit scales={self.scales}, "
+                    f"window_stride={self.window_stride}: scale {scale} needs {expected} reference windows, "
+                    f"the checkpoint has {found}. Use the scales and window_stride the checkpoint was made with."
+                )
+                raise ValueError(msg)
+
     @torch.no_grad()
     def set_reference_images(self, images: torch.Tensor) -> None:
         """Store unit-norm patch and window embeddings of ``k`` normal pre-processed images (Sec. 4.3)."""
