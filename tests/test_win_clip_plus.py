@@ -227,3 +227,28 @@ def test_inference_needs_no_text_tower(model: WinClipPlusModel) -> None:
     assert model._text_side is None
     with pytest.raises(RuntimeError, match="text tower was released"):
         model.set_class_name("screw")
+
+
+def _reproduce_tool():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "reproduce_winclip_paper.py"
+    spec = importlib.util.spec_from_file_location("reproduce_winclip_paper", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_reproduction_fails_clearly_without_dataset_or_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = _reproduce_tool()
+    with pytest.raises(SystemExit, match=r"MVTec AD not found under .*pass --root"):
+        tool.main(["--root", str(tmp_path), "--categories", "bottle"])
+    (tmp_path / "bottle" / "test").mkdir(parents=True)
+    monkeypatch.setattr(clip_loader, "_cached_download", lambda _config: None)
+    monkeypatch.setattr(clip_loader, "reachable", lambda _host: False)
+    with pytest.raises(SystemExit, match=r"cannot be reached.*--pretrained PATH"):
+        tool.main(["--root", str(tmp_path), "--categories", "bottle"])
+    with pytest.raises(SystemExit, match="checkpoint file not found"):
+        tool.main(["--root", str(tmp_path), "--categories", "bottle", "--pretrained", str(tmp_path / "w.pt")])

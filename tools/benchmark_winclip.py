@@ -7,7 +7,7 @@ rounds on the same pre-processed image (batch 1), so machine noise hits both ali
 are medians. A parity line checks that both compute the same few-shot association map.
 
 Example (figures in the model README):
-    nice python tools/benchmark_winclip.py --repeats 15 --variants paper stride2 scale2
+    nice python tools/benchmark_winclip.py --repeats 4 --variants paper stride2 scale2
 """
 
 from __future__ import annotations
@@ -89,10 +89,9 @@ def main() -> None:
             theirs = baseline._compute_few_shot_scores(patches, windows).flatten(1)
             print(f"few-shot association map, max |WinClipPlus - WinClip|: {(ours - theirs).abs().max():.2e}")
         timings: dict[str, list[float]] = {"anomalib WinClip (2,3)": []} | {f"WinClipPlus {row[0]}": [] for row in rows}
-        for _ in range(1):  # warm-up
-            baseline(image)
-            for _, plus, _, row_image, _ in rows:
-                plus(row_image)
+        baseline(image)  # warm-up round
+        for _, plus, _, row_image, _ in rows:
+            plus(row_image)
         for _ in range(args.repeats):
             _median_ms(lambda: baseline(image), timings["anomalib WinClip (2,3)"])
             for variant, plus, _, row_image, _ in rows:

@@ -1,4 +1,4 @@
-"""Pieces shared by this package's models: the paper-style evaluator and single-file ONNX export."""
+"""Pieces shared by this package's models: optimiser-free scoring, the paper-style evaluator, ONNX export."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from anomalib.data import Batch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.post_processing import PostProcessor
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 
 def segmentation_evaluator() -> Evaluator:
@@ -43,3 +46,31 @@ class SingleFileOnnxMixin:
         kwargs.setdefault("external_data", False)
         with self.export_context():
             return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+
+
+class ScoringModelMixin:
+    """What this package's models share: no optimiser, the paper metrics, the default post-processor.
+
+    Put it before ``AnomalibModule`` in the bases; ``self.model`` must return an ``InferenceBatch``.
+    """
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        """Nothing is fitted by gradient descent: no optimiser."""
+        return
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3), the figures the papers report."""
+        return segmentation_evaluator()
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """Anomalib's default post-processor (normalisation and thresholds learnt on the validation set)."""
+        return PostProcessor()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
+        """Score a validation batch."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())

@@ -26,12 +26,10 @@ from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
-from anomalib.post_processing import PostProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from ..common import SingleFileOnnxMixin, segmentation_evaluator
+from ..common import ScoringModelMixin, SingleFileOnnxMixin
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -40,7 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureRidge"]
 
 
-class FeatureRidge(SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
+class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
     """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
 
     Args:
@@ -111,21 +109,6 @@ class FeatureRidge(SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
             raise ValueError(msg)
         super().on_load_checkpoint(checkpoint)
 
-    @staticmethod
-    def configure_optimizers() -> None:
-        """FeatureRidge is solved in closed form: no optimiser."""
-        return
-
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3), the figures the paper reports."""
-        return segmentation_evaluator()
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Anomalib's default one-class post-processor."""
-        return PostProcessor()
-
     def setup(self, stage: str) -> None:
         """Refuse an empty training set before Lightning fails on it with a sampler error."""
         super().setup(stage)
@@ -158,12 +141,6 @@ class FeatureRidge(SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
         """Solve the Ridge map once the training epoch has been seen."""
         logger.info("Solving the Ridge map from %d feature vectors.", int(self.model.statistics.count))
         self.model.fit()
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
-        """Score a validation batch."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
 
     def _require_fitted(self) -> None:
         if not bool(self.model.fitted):

@@ -79,8 +79,19 @@ def _download_host(config: dict) -> str | None:
     return None
 
 
+def ensure_weights_available(backbone: str, pretrained: str | None) -> None:
+    """Raise at once, with the way out, when ``pretrained`` (a file or an open_clip tag) cannot be had."""
+    if not pretrained:
+        return
+    if is_checkpoint_path(pretrained):
+        if not Path(pretrained).is_file():
+            msg = f"CLIP checkpoint file not found: {pretrained}"
+            raise ClipWeightsError(msg)
+        return
+    _check_tag_is_obtainable(resolve_backbone(backbone), pretrained)
+
+
 def _check_tag_is_obtainable(model_name: str, tag: str) -> None:
-    """Raise at once when the tag's weights are neither cached nor downloadable."""
     open_clip = _open_clip()
     config = open_clip.get_pretrained_cfg(model_name, tag)
     if not config:

@@ -22,18 +22,15 @@ from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
 from anomalib.data.predict import PredictDataset
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from ..common import SingleFileOnnxMixin, segmentation_evaluator
+from ..common import ScoringModelMixin, SingleFileOnnxMixin
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
 logger = logging.getLogger(__name__)
@@ -41,7 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["WinClipPlus"]
 
 
-class WinClipPlus(SingleFileOnnxMixin, AnomalibModule):
+class WinClipPlus(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModule):
     """WinCLIP (zero-shot, ``k_shot=0``) and WinCLIP+ (few-shot) on any open_clip ViT.
 
     Args:
@@ -173,27 +170,6 @@ class WinClipPlus(SingleFileOnnxMixin, AnomalibModule):
         transform = self.pre_processor.transform if self.pre_processor is not None else None
         images = [dataset[index].image.unsqueeze(0) for index in chosen]
         return torch.cat([transform(image) if transform is not None else image for image in images])
-
-    @staticmethod
-    def configure_optimizers() -> None:
-        """Nothing is trained."""
-        return
-
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3), as the paper reports (PRO)."""
-        return segmentation_evaluator()
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Anomalib's default post-processor (thresholds and normalisation learnt on the validation set)."""
-        return PostProcessor()
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
-        """Score a validation batch."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
