@@ -70,12 +70,16 @@ class WindowEncoder(nn.Module):
         return [getattr(self, f"window_tokens_{scale}") for scale in range(self.n_scales)]
 
     def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1 + P, width)`` class and patch tokens with positional embeddings, after ``ln_pre``."""
+        """``(B, 1 + P, width)`` class and patch tokens with positional embeddings, after ``ln_pre``.
+
+        open_clip's patch dropout (a training-time augmentation) is never applied: every window
+        needs all its tokens, in training mode too.
+        """
         visual = self.visual
         patches = visual.conv1(images).flatten(2).transpose(1, 2)
         class_token = visual.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat((class_token, patches), dim=1) + visual.positional_embedding.to(patches.dtype)
-        return visual.ln_pre(visual.patch_dropout(tokens))
+        return visual.ln_pre(tokens)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Return image embeddings ``(B, D)``, patch tokens ``(B, P, width)`` and window embeddings ``[(B, W, D)]``.
