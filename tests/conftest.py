@@ -43,3 +43,27 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available (../shared is only beside the checkout on the project's machines)")
     return path
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 48, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny open_clip ViT (48 px, 6 x 6 patches): its model config JSON and a seeded random checkpoint."""
+    import json
+
+    import open_clip
+
+    root = tmp_path_factory.mktemp("tiny_clip")
+    config = root / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    checkpoint = root / "tiny-clip.pt"
+    torch.save(open_clip.create_model("tiny-clip").state_dict(), checkpoint)
+    return {"config": config, "checkpoint": checkpoint}

@@ -78,7 +78,7 @@ def test_wrapped_state_dict_is_accepted(tmp_path) -> None:
 
 def test_pretrained_without_network_fails_fast_with_the_way_out(monkeypatch) -> None:
     monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
-    monkeypatch.setattr(backbone_module, "_reachable", lambda _host: False)
+    monkeypatch.setattr(backbone_module, "reachable", lambda _host: False)
     start = time.monotonic()
     with pytest.raises(BackboneWeightsError, match=r"cannot be reached.*backbone_weights"):
         create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
@@ -95,7 +95,7 @@ def test_pretrained_with_hf_offline_fails_fast(monkeypatch) -> None:
 def test_pretrained_uses_the_local_cache_without_network(tmp_path, monkeypatch) -> None:
     state = _save_full_state_dict(tmp_path / "cached.pth")
     monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: tmp_path / "cached.pth")
-    monkeypatch.setattr(backbone_module, "_reachable", lambda _host: pytest.fail("must not probe the network"))
+    monkeypatch.setattr(backbone_module, "reachable", lambda _host: pytest.fail("must not probe the network"))
     features = create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
     torch.testing.assert_close(features.state_dict()["layer3.1.bn2.running_var"], state["layer3.1.bn2.running_var"])
 

@@ -1,4 +1,4 @@
-"""Every shipped config parses through the real anomalib CLI and resolves to FeatureRidge."""
+"""Every shipped config parses through the real anomalib CLI and resolves to its model."""
 
 import subprocess
 from pathlib import Path
@@ -12,6 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_configs_are_shipped() -> None:
     names = {path.name for path in CONFIGS}
     assert {"feature_ridge.yaml", "feature_ridge_paper.yaml", "feature_ridge_offline_lite2.yaml"} <= names
+    assert {"win_clip_plus.yaml", "win_clip_plus_4shot.yaml"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.name)
@@ -25,7 +26,9 @@ def test_config_resolves_through_the_cli(config: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
-    expected = yaml.safe_load(config.read_text())["model"]["init_args"]
-    assert printed["model"]["class_path"] == "anomalib_featureridge.FeatureRidge"
+    expected_model = yaml.safe_load(config.read_text())["model"]
+    expected = expected_model["init_args"]
+    assert printed["model"]["class_path"] == expected_model["class_path"]
+    assert expected_model["class_path"] in {"anomalib_featureridge.FeatureRidge", "anomalib_featureridge.WinClipPlus"}
     for key, value in expected.items():
         assert printed["model"]["init_args"][key] == value, key

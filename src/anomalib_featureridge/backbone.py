@@ -78,7 +78,8 @@ def _cached_weights(backbone: str) -> Path | None:
     return None
 
 
-def _reachable(host: str) -> bool:
+def reachable(host: str) -> bool:
+    """Whether ``host`` accepts an HTTPS connection within a few seconds (probes before a long download)."""
     try:
         with socket.create_connection((host, 443), timeout=NETWORK_PROBE_TIMEOUT_S):
             return True
@@ -188,7 +189,7 @@ def _create_pretrained(backbone: str, out_indices: list[int]) -> nn.Module:
         )
     host = _weights_host(backbone)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"}
-    if host is None or offline or not _reachable(host):
+    if host is None or offline or not reachable(host):
         reason = "HF_HUB_OFFLINE is set" if offline else f"{host or 'the weights server'} cannot be reached"
         msg = (
             f"Cannot download pretrained weights for {backbone!r}: {reason}, and they are not in the local cache. "

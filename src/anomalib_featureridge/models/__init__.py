@@ -1,5 +1,6 @@
 """Anomaly detection models contributed to anomalib by this package."""
 
 from .feature_ridge import FeatureRidge, FeatureRidgeModel
+from .win_clip_plus import WinClipPlus, WinClipPlusModel
 
-__all__ = ["FeatureRidge", "FeatureRidgeModel"]
+__all__ = ["FeatureRidge", "FeatureRidgeModel", "WinClipPlus", "WinClipPlusModel"]

@@ -24,13 +24,12 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
-from anomalib.post_processing import PostProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
+from ..common import ScoringModelMixin, SingleFileOnnxMixin
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -39,7 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureRidge"]
 
 
-class FeatureRidge(MemoryBankMixin, AnomalibModule):
+class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
     """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
 
     Args:
@@ -110,27 +109,6 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
             raise ValueError(msg)
         super().on_load_checkpoint(checkpoint)
 
-    @staticmethod
-    def configure_optimizers() -> None:
-        """FeatureRidge is solved in closed form: no optimiser."""
-        return
-
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3), the figures the paper reports."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-        ]
-        return Evaluator(test_metrics=test_metrics)
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Anomalib's default one-class post-processor."""
-        return PostProcessor()
-
     def setup(self, stage: str) -> None:
         """Refuse an empty training set before Lightning fails on it with a sampler error."""
         super().setup(stage)
@@ -164,20 +142,15 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
         logger.info("Solving the Ridge map from %d feature vectors.", int(self.model.statistics.count))
         self.model.fit()
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
-        """Score a validation batch."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
-
     def _require_fitted(self) -> None:
         if not bool(self.model.fitted):
             msg = "Cannot export FeatureRidge before it is fitted: train it first, or export a trained checkpoint."
             raise RuntimeError(msg)
 
     @contextmanager
-    def _without_statistics(self) -> Iterator[None]:
-        """Leave the training-only statistics out of what is saved, without touching the live model."""
+    def export_context(self) -> Iterator[None]:
+        """Exports need a fitted model and leave the training-only statistics out, without touching the live model."""
+        self._require_fitted()
         statistics = self.model.statistics
         self.model.statistics = RidgeStatistics().to(statistics.count.device)
         try:
@@ -187,23 +160,8 @@ class FeatureRidge(MemoryBankMixin, AnomalibModule):
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export for torch inference, without the sufficient statistics (they only serve updates)."""
-        self._require_fitted()
-        with self._without_statistics():
+        with self.export_context():
             return super().to_torch(export_root, model_file_name)
-
-    def to_onnx(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Export to ONNX as a single self-contained file (opset 18, weights embedded); OpenVINO builds on it."""
-        self._require_fitted()
-        kwargs.setdefault("opset_version", 18)
-        kwargs.setdefault("external_data", False)
-        with self._without_statistics():
-            return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""Pieces shared by this package's models: optimiser-free scoring, the paper-style evaluator, ONNX export."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from anomalib.data import Batch
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.post_processing import PostProcessor
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+
+
+def segmentation_evaluator() -> Evaluator:
+    """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3): the figures anomaly papers report."""
+    test_metrics = [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+    ]
+    return Evaluator(test_metrics=test_metrics)
+
+
+class SingleFileOnnxMixin:
+    """ONNX export as one self-contained file (opset 18, weights embedded); OpenVINO builds on it.
+
+    Put it before ``AnomalibModule`` in the bases. A model that must prepare itself for export
+    (check it is fitted, leave training-only state out) overrides :meth:`export_context`.
+    """
+
+    def export_context(self) -> AbstractContextManager:
+        """Context in which the model is exported; nothing to prepare by default."""
+        return nullcontext()
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Export to ONNX as a single file (opset 18 unless given, no external data file)."""
+        kwargs.setdefault("opset_version", 18)
+        kwargs.setdefault("external_data", False)
+        with self.export_context():
+            return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+
+
+class ScoringModelMixin:
+    """What this package's models share: no optimiser, the paper metrics, the default post-processor.
+
+    Put it before ``AnomalibModule`` in the bases; ``self.model`` must return an ``InferenceBatch``.
+    """
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        """Nothing is fitted by gradient descent: no optimiser."""
+        return
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC, pixel AUROC and pixel AUPRO (FPR limit 0.3), the figures the papers report."""
+        return segmentation_evaluator()
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """Anomalib's default post-processor (normalisation and thresholds learnt on the validation set)."""
+        return PostProcessor()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
+        """Score a validation batch."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())

@@ -1,0 +1,161 @@
+"""Build an open_clip model from a tag or a local checkpoint, failing fast when no weights can be had.
+
+open_clip retries a download for a long time on a machine without network and, given a file,
+loads it without saying which architecture it expected. This module checks the cache and the
+weights server first and names the backbone and the file when they do not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from torch import nn
+
+from anomalib_featureridge.backbone import BackboneWeightsError, reachable
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class ClipWeightsError(BackboneWeightsError):
+    """CLIP weights are missing, unreachable or do not fit the requested backbone."""
+
+
+def _open_clip():  # noqa: ANN202
+    try:
+        import open_clip
+    except ImportError as error:
+        msg = "WinClipPlus needs open_clip: pip install 'anomalib-featureridge[clip]'"
+        raise ImportError(msg) from error
+    return open_clip
+
+
+def resolve_backbone(backbone: str) -> str:
+    """Model name for ``backbone``: an open_clip name, or a JSON model config file (registered under its stem)."""
+    open_clip = _open_clip()
+    if backbone.endswith(".json"):
+        path = Path(backbone)
+        if not path.is_file():
+            msg = f"open_clip model config file not found: {path}"
+            raise FileNotFoundError(msg)
+        open_clip.add_model_config(path)
+        return path.stem
+    if open_clip.get_model_config(backbone) is None:
+        msg = f"Unknown open_clip backbone {backbone!r}. See open_clip.list_models() for the names."
+        raise ValueError(msg)
+    return backbone
+
+
+def is_checkpoint_path(pretrained: str) -> bool:
+    """Whether ``pretrained`` names a local file rather than an open_clip tag."""
+    return Path(pretrained).suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained or Path(pretrained).exists()
+
+
+def _cached_download(config: dict) -> Path | None:
+    """Where open_clip keeps a URL download, if it is already there (Hugging Face files: its own cache)."""
+    url = config.get("url", "")
+    if url:
+        candidate = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        return candidate if candidate.is_file() else None
+    hf_hub = config.get("hf_hub", "")
+    if hf_hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hf_hub)
+        found = try_to_load_from_cache(repo_id, filename or "open_clip_pytorch_model.bin")
+        return Path(found) if isinstance(found, str) else None
+    return None
+
+
+def _download_host(config: dict) -> str | None:
+    if config.get("url"):
+        return urlparse(config["url"]).hostname
+    if config.get("hf_hub"):
+        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    return None
+
+
+def ensure_weights_available(backbone: str, pretrained: str | None) -> None:
+    """Raise at once, with the way out, when ``pretrained`` (a file or an open_clip tag) cannot be had."""
+    if not pretrained:
+        return
+    if is_checkpoint_path(pretrained):
+        if not Path(pretrained).is_file():
+            msg = f"CLIP checkpoint file not found: {pretrained}"
+            raise ClipWeightsError(msg)
+        return
+    _check_tag_is_obtainable(resolve_backbone(backbone), pretrained)
+
+
+def _check_tag_is_obtainable(model_name: str, tag: str) -> None:
+    open_clip = _open_clip()
+    config = open_clip.get_pretrained_cfg(model_name, tag)
+    if not config:
+        msg = (
+            f"open_clip has no pretrained tag {tag!r} for {model_name!r} "
+            f"(known: {open_clip.list_pretrained_tags_by_model(model_name)}), and no such file exists."
+        )
+        raise ClipWeightsError(msg)
+    if _cached_download(config) is not None:
+        return
+    host = _download_host(config)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"} and bool(config.get("hf_hub"))
+    if host is None or offline or not reachable(host):
+        reason = "HF_HUB_OFFLINE is set" if offline else f"{host or 'the weights server'} cannot be reached"
+        msg = (
+            f"Cannot download the CLIP weights {model_name}/{tag}: {reason}, and they are not in the local cache. "
+            f"Pass a local open_clip checkpoint file instead: pretrained=PATH (CLI: --model.pretrained PATH)."
+        )
+        raise ClipWeightsError(msg)
+
+
+def load_checkpoint_strictly(model: nn.Module, model_name: str, path: Path) -> None:
+    """Load a local open_clip checkpoint; a file for another architecture is an error naming both."""
+    if not path.is_file():
+        msg = f"CLIP checkpoint file not found: {path}"
+        raise ClipWeightsError(msg)
+    open_clip = _open_clip()
+    try:
+        open_clip.load_checkpoint(model, str(path))
+    except (RuntimeError, KeyError, ValueError) as error:
+        msg = (
+            f"Checkpoint {path} does not match the open_clip backbone {model_name!r}; pass the backbone it was "
+            f"trained with (--model.backbone). Details: {str(error)[:600]}"
+        )
+        raise ClipWeightsError(msg) from error
+
+
+def create_clip(backbone: str, pretrained: str | None) -> tuple[nn.Module, object, str]:
+    """Return ``(clip_model, tokenizer, model_name)``; ``pretrained=None`` gives random weights.
+
+    A local file is loaded without touching the network; an open_clip tag is downloaded as
+    open_clip does, after checking the cache and the server so that offline machines fail fast.
+    """
+    open_clip = _open_clip()
+    model_name = resolve_backbone(backbone)
+    local_file = Path(pretrained) if pretrained and is_checkpoint_path(pretrained) else None
+    if pretrained and local_file is None:
+        _check_tag_is_obtainable(model_name, pretrained)
+        model = open_clip.create_model(model_name, pretrained=pretrained)
+    else:
+        model = open_clip.create_model(model_name, pretrained=None)
+        if local_file is not None:
+            load_checkpoint_strictly(model, model_name, local_file)
+        else:
+            logger.warning("WinClipPlus uses randomly initialised CLIP weights (pretrained=None).")
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, open_clip.get_tokenizer(model_name), model_name
+
+
+def clip_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std that the CLIP model was trained with (OpenAI's values when it does not say)."""
+    open_clip = _open_clip()
+    mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    return tuple(float(value) for value in mean), tuple(float(value) for value in std)

@@ -1,0 +1,109 @@
+"""WinClipPlus through anomalib: registration, the CLI, checkpoints and ONNX / OpenVINO export parity."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.data.utils import read_image
+from anomalib.deploy import ExportType, OpenVINOInferencer
+from anomalib.engine import Engine
+from anomalib.models import get_model, list_models
+from test_export import _assert_parity, _reference
+
+from anomalib_featureridge import WinClipPlus
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=8, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(synthetic_root: Path, tiny_clip: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2-shot tiny model validated on the synthetic set (references, anchors, thresholds), saved and exported."""
+    workdir = tmp_path_factory.mktemp("winclip_export")
+    model = WinClipPlus(
+        k_shot=2, backbone=str(tiny_clip["config"]), pretrained=str(tiny_clip["checkpoint"]), visualizer=False
+    )
+    engine = Engine(default_root_dir=workdir, logger=False, enable_progress_bar=False, accelerator="cpu")
+    engine.validate(model=model, datamodule=_datamodule(synthetic_root))
+    checkpoint = workdir / "model.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    model.eval()
+    paths = {
+        "onnx": engine.export(model=model, export_type=ExportType.ONNX, export_root=workdir),
+        "openvino": engine.export(model=model, export_type=ExportType.OPENVINO, export_root=workdir),
+    }
+    images = sorted((synthetic_root / "synthetic" / "test").rglob("*.png"))[:5]
+    return {"model": model, "checkpoint": checkpoint, "paths": paths, "images": images}
+
+
+def test_get_model_finds_win_clip_plus(tiny_clip: dict[str, Path]) -> None:
+    """In-process lookup; test_registration checks that a fresh interpreter registers it through the hook."""
+    model = get_model("win_clip_plus", backbone=str(tiny_clip["config"]), pretrained=None, k_shot=1)
+    assert type(model) is WinClipPlus
+    assert model.learning_type.value == "few_shot"
+    assert "win_clip_plus" in list_models()
+
+
+def test_onnx_runtime_matches_torch(prepared: dict) -> None:
+    session = onnxruntime.InferenceSession(str(prepared["paths"]["onnx"]), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    assert list(prepared["paths"]["onnx"].parent.iterdir()) == [prepared["paths"]["onnx"]], "one self-contained file"
+    for count in (1, 3):
+        paths = prepared["images"][:count]
+        batch = np.stack([read_image(path, as_tensor=True).numpy() for path in paths])
+        candidate = dict(zip(names, session.run(None, {session.get_inputs()[0].name: batch}), strict=True))
+        _assert_parity(_reference(prepared["model"], paths), candidate)
+
+
+def test_openvino_inferencer_matches_torch(prepared: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # anomalib's OpenVINOInferencer writes ./openvino_cache
+    inferencer = OpenVINOInferencer(path=prepared["paths"]["openvino"], device="CPU")
+    for path in prepared["images"]:
+        prediction = inferencer.predict(path)
+        candidate = {key: getattr(prediction, key) for key in ("pred_score", "anomaly_map", "pred_label")}
+        _assert_parity(_reference(prepared["model"], [path]), candidate)
+
+
+def test_checkpoint_restores_anchors_and_references_without_weights(prepared: dict) -> None:
+    restored = WinClipPlus.load_from_checkpoint(prepared["checkpoint"]).eval()
+    assert restored.model.k_shot == 2
+    assert restored.model._text_side is None, "anchors come from the checkpoint: no text tower is kept"
+    batch = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(batch).pred_score, prepared["model"](batch).pred_score)
+
+
+def test_few_shot_checkpoint_with_other_windows_is_refused(prepared: dict) -> None:
+    with pytest.raises(ValueError, match="window_stride"):
+        WinClipPlus.load_from_checkpoint(prepared["checkpoint"], window_stride=2)
+
+
+def test_anomalib_test_command_few_shot(synthetic_root: Path, tiny_clip: dict[str, Path], tmp_path: Path) -> None:
+    """Few-shot through the CLI; its image and map scores include the zero-shot ones (mean of both)."""
+    options = {
+        "model": "WinClipPlus",
+        "model.k_shot": "2",
+        "model.backbone": str(tiny_clip["config"]),
+        "model.pretrained": str(tiny_clip["checkpoint"]),
+        "data": "MVTecAD",
+        "data.root": str(synthetic_root),
+        "data.category": "synthetic",
+        "data.num_workers": "0",
+        "default_root_dir": str(tmp_path),
+        "trainer.accelerator": "cpu",
+    }
+    command = ["anomalib", "test", *(part for name, value in options.items() for part in (f"--{name}", value))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    metrics = dict(re.findall(r"(image_AUROC|pixel_AUROC|pixel_AUPRO)\s*│\s*([0-9.]+)", output))
+    assert set(metrics) == {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"}, output[-4000:]
+    assert "2 reference images for the few-shot scores" in output
+    heatmaps = list((tmp_path / "WinClipPlus" / "MVTecAD" / "synthetic").rglob("images/**/*.png"))
+    assert len(heatmaps) == len(list((synthetic_root / "synthetic" / "test").rglob("*.png")))
