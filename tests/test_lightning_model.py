@@ -77,6 +77,14 @@ def test_checkpoint_of_another_backbone_is_refused(trained, tmp_path: Path) -> N
         other.on_load_checkpoint(checkpoint)
 
 
+def test_load_from_checkpoint_with_another_backbone_is_refused(trained, tmp_path: Path) -> None:
+    # Lightning writes keyword overrides into the checkpoint's hyper-parameters before the check runs.
+    _, engine, _ = trained
+    engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    with pytest.raises(ValueError, match=r"trained with backbone='resnet18'.*configured with backbone='resnet34'"):
+        FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt", backbone="resnet34")
+
+
 def test_dropping_statistics_shrinks_the_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
     sizes = {}
     for keep in (True, False):

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureRidge"]
 
 
+TRAINED_WITH_KEY = "feature_ridge_trained_with"
+
+
 class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
     """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
 
@@ -92,9 +95,14 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
         kwargs.setdefault("backbone_weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the feature geometry apart from the hyper-parameters, which ``load_from_checkpoint`` overrides."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[TRAINED_WITH_KEY] = {"backbone": self.model.backbone, "layers": list(self.model.layers)}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint made with another backbone or layers, naming both, before tensors are copied."""
-        saved = checkpoint.get("hyper_parameters", {})
+        saved = checkpoint.get(TRAINED_WITH_KEY) or checkpoint.get("hyper_parameters", {})
         current = {"backbone": self.model.backbone, "layers": list(self.model.layers)}
         trained = {
             "backbone": saved.get("backbone", current["backbone"]),
