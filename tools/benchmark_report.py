@@ -39,6 +39,12 @@ def _cell(row: Row, field: str) -> str:
     return "" if value is None else f"{value:g}"
 
 
+def _over_floor(row: Row) -> float | None:
+    """Inference time in units of the same row's backbone time, which cancels machine load between rows."""
+    infer, floor = _number(row, "infer_ms_per_image"), _number(row, "backbone_ms_per_image")
+    return infer / floor if infer is not None and floor else None
+
+
 def _group(rows: list[Row]) -> dict[tuple[str, str, str], list[Row]]:
     """Rows by (mode, category, n_train): the rows that are compared with each other."""
     groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
@@ -48,12 +54,17 @@ def _group(rows: list[Row]) -> dict[tuple[str, str, str], list[Row]]:
 
 
 def markdown(rows: list[Row]) -> str:
-    """One table per mode; ratios are against Patchcore's row of the same mode, category and size."""
+    """One table per mode; ratios are against Patchcore's row of the same mode, category and size.
+
+    Rows are measured minutes apart, so on a shared machine their raw timings see different
+    loads. The load-corrected inference ratio compares each model's time over its own row's
+    backbone time (the same backbone module, timed in alternation with the model).
+    """
     lines: list[str] = []
     header = (
         "| model | category | n train | settings | "
         + " | ".join(title for title, _ in COLUMNS)
-        + " | infer / backbone | infer vs Patchcore | fit vs Patchcore | error |"
+        + " | infer / backbone | infer vs Patchcore | infer vs Patchcore, load-corrected | fit vs Patchcore | error |"
     )
     for mode in ("full", "scaling", "few-shot"):
         mode_rows = [row for row in rows if row["mode"] == mode]
@@ -64,9 +75,11 @@ def markdown(rows: list[Row]) -> str:
             reference = next((row for row in group if row["model"] == REFERENCE and not row["error"]), None)
             for row in group:
                 infer = _number(row, "infer_ms_per_image")
+                over_floor = _over_floor(row)
                 ratios = [
                     _ratio(infer, _number(row, "backbone_ms_per_image")),
                     _ratio(infer, reference and _number(reference, "infer_ms_per_image")),
+                    _ratio(over_floor, reference and _over_floor(reference)),
                     _ratio(_number(row, "fit_s"), reference and _number(reference, "fit_s")),
                 ]
                 cells = [row["model"], row["category"], row["n_train"], row["settings"]]
