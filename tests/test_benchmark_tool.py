@@ -82,6 +82,20 @@ def test_too_large_a_training_subset_becomes_an_error_row(synthetic_root, tmp_pa
     assert "asked for 1000 training images, the category has 12" in row["error"]
 
 
+def test_clip_models_take_their_own_backbone_and_k_shot(synthetic_root, tmp_path, tiny_clip):
+    run(
+        synthetic_root,
+        tmp_path,
+        *("--models", "WinClipPlus", "--skip-full", "--few-shot", "2"),
+        *("--clip-backbone", "tiny-clip", "--clip-pretrained", str(tiny_clip["checkpoint"])),
+    )
+    (row,) = csv.DictReader((tmp_path / "results.csv").open())
+    assert row["error"] == ""
+    assert row["n_train"] == "2"
+    assert 0 <= float(row["image_AUROC"]) <= 1
+    assert float(row["infer_ms_per_image"]) > 0
+
+
 def test_report_ratios_are_against_patchcore_of_the_same_group(tmp_path):
     def row(model: str, fit: str, infer: str, n: str = "8") -> dict[str, str]:
         values = dict.fromkeys(benchmark.FIELDS, "")

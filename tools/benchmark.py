@@ -92,6 +92,8 @@ class Setup:
     weights: Path | None
     random_init: bool
     coreset_ratio: float
+    clip_backbone: str | None
+    clip_pretrained: str | None
     batch_size: int
     warmup: int
     repeats: int
@@ -111,14 +113,24 @@ def settings_of(name: str, setup: Setup) -> str:
     return f"coreset={setup.coreset_ratio}" if name.lower() == "patchcore" else ""
 
 
-def build_model(name: str, setup: Setup, floor_channels: int) -> AnomalibModule:
-    """Instantiate ``name`` with the shared backbone, weights and evaluator, passing only what it accepts."""
+def build_model(name: str, setup: Setup, floor_channels: int, k_shot: int | None = None) -> AnomalibModule:
+    """Instantiate ``name`` with the shared backbone, weights and evaluator, passing only what it accepts.
+
+    CNN-feature models (those with ``layers``) share the timm backbone; CLIP models take the
+    ``--clip-*`` options, and ``k_shot`` reference images in few-shot runs.
+    """
     cls = model_class(name)
     accepted = inspect.signature(cls.__init__).parameters
     options: dict[str, Any] = {"visualizer": False, "evaluator": FeatureRidge.configure_evaluator()}
-    if "backbone" in accepted:
+    if "layers" in accepted:
         options |= {"backbone": setup.backbone, "layers": list(setup.layers)}
         options["pre_trained"] = setup.weights is None and not setup.random_init
+    elif "backbone" in accepted and setup.clip_backbone is not None:
+        options["backbone"] = setup.clip_backbone
+    if "pretrained" in accepted and setup.clip_pretrained is not None:
+        options["pretrained"] = None if setup.clip_pretrained == "none" else setup.clip_pretrained
+    if "k_shot" in accepted and k_shot is not None:
+        options["k_shot"] = k_shot
     if "backbone_weights" in accepted:
         options["backbone_weights"] = setup.weights
         options["pre_trained"] = setup.weights is not None or not setup.random_init
@@ -130,7 +142,7 @@ def build_model(name: str, setup: Setup, floor_channels: int) -> AnomalibModule:
 
         options["n_features"] = _N_FEATURES_DEFAULTS.get(setup.backbone, floor_channels)
     model = cls(**options)
-    if setup.weights is not None and "backbone_weights" not in accepted:
+    if setup.weights is not None and "layers" in accepted and "backbone_weights" not in accepted:
         # anomalib's models take no weights file: load it strictly into their timm feature extractor.
         load_backbone_weights(model.model.feature_extractor.feature_extractor, setup.backbone, setup.weights)
     return model
@@ -286,7 +298,9 @@ def exported_sizes(model: AnomalibModule, workdir: Path) -> tuple[float, float]:
     """Size in MiB of the torch export, and of that export without the backbone's weights."""
     path = model.to_torch(workdir / "export")
     total = path.stat().st_size
-    extractor = model.model.feature_extractor
+    extractor = getattr(model.model, "feature_extractor", None)
+    if extractor is None:  # CLIP models: the image tower is the model, there is no separate head
+        return total / 2**20, total / 2**20
     backbone_bytes = sum(t.numel() * t.element_size() for t in extractor.state_dict().values())
     return total / 2**20, max(total - backbone_bytes, 0) / 2**20
 
@@ -295,7 +309,7 @@ def measure(
     name: str, mode: str, category: str, n_train: int | None, args: argparse.Namespace, setup: Setup, floor: Any
 ) -> dict[str, Any]:
     """Fit (and unless scaling, test) one model; time its inference; return one CSV row's figures."""
-    model = build_model(name, setup, sum(floor.feature_info.channels()))
+    model = build_model(name, setup, sum(floor.feature_info.channels()), n_train if mode == "few-shot" else None)
     datamodule = make_datamodule(args, category, setup.batch_size)
     n_used = restrict_training_set(datamodule, n_train, setup.seed)
     timer = FitTimer(model)
@@ -415,6 +429,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=None, help="local timm state dict for the backbone")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke runs)")
     parser.add_argument("--patchcore-coreset-ratio", type=float, default=0.1, help="anomalib's default is 0.1")
+    parser.add_argument("--clip-backbone", default=None, help="open_clip model for CLIP models (their default)")
+    parser.add_argument(
+        "--clip-pretrained", default=None, help="open_clip tag or local checkpoint for CLIP models; 'none': random"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="training and evaluation batch size")
     parser.add_argument("--scaling", nargs="*", type=int, default=[], help="training set sizes, fit only")
     parser.add_argument("--scaling-category", default=None, help="category for --scaling (default: the first)")
@@ -446,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
             weights=args.weights,
             random_init=args.random_init,
             coreset_ratio=args.patchcore_coreset_ratio,
+            clip_backbone=args.clip_backbone,
+            clip_pretrained=args.clip_pretrained,
             batch_size=args.batch_size,
             warmup=args.warmup,
             repeats=args.repeats,
