@@ -109,3 +109,22 @@ def test_report_ratios_are_against_patchcore_of_the_same_group(tmp_path):
     assert "| 1.50x | 0.25x | 0.50x | 0.10x |" in feature_ridge_line
     write_report(rows, tmp_path)
     assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_fit_time_stops_at_the_end_of_the_fit_step_and_counts_it_once():
+    import time
+
+    class MemoryBankLike:
+        def fit(self) -> None:
+            time.sleep(0.05)
+
+    model = MemoryBankLike()
+    timer = benchmark.FitTimer(model)
+    timer.on_train_epoch_start(None, model)
+    time.sleep(0.05)  # the training epoch: feature extraction
+    timer.on_validation_start(None, model)  # callbacks run first: the fit has not happened yet
+    model.fit()  # what MemoryBankMixin.on_validation_start does
+    time.sleep(0.3)  # the validation pass
+    timer.on_train_epoch_end(None, model)
+    assert 0.1 <= timer.seconds < 0.3
+    assert "fit" not in vars(model)  # unwrapped again, so the model pickles for export

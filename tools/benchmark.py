@@ -187,10 +187,12 @@ class PeakMemory:
 
 
 class FitTimer(Callback):
-    """Times the training epoch plus the model's ``fit`` (memory-bank models run it before validation).
+    """Times from the start of the training epoch to the end of the model's own fit step.
 
-    Memory is sampled from the start of the epoch to the end of the fit, so the validation pass
-    that follows does not count.
+    Memory-bank models run ``fit`` when validation starts, which in Lightning happens inside the
+    training epoch, before ``on_train_epoch_end``; so the clock stops when ``fit`` returns (or,
+    for a model without one, when validation starts), and neither the validation pass nor the
+    fit is counted twice. Memory is sampled over the same span.
     """
 
     def __init__(self, model: AnomalibModule) -> None:
@@ -198,31 +200,40 @@ class FitTimer(Callback):
         self.memory = PeakMemory()
         self.peak_mib = 0.0
         self._epoch_start = 0.0
+        self._running = False
         original_fit = getattr(model, "fit", None)
-        self._has_fit = callable(original_fit)
-        if self._has_fit:
+        if callable(original_fit):
 
             def timed_fit() -> None:
-                start = time.perf_counter()
                 original_fit()
-                self.seconds += time.perf_counter() - start
-                self.peak_mib = self.memory.stop()
+                self._stop()
                 del model.fit  # back to the class's method, so that the model can still be pickled (export)
 
             model.fit = timed_fit
+
+    def _stop(self) -> None:
+        if self._running:
+            self._running = False
+            self.seconds = time.perf_counter() - self._epoch_start
+            self.peak_mib = self.memory.stop()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the clock and the memory sampler."""
         del trainer, pl_module
         self.memory.start()
         self._epoch_start = time.perf_counter()
+        self._running = True
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Callbacks see this before the model's own hook, which is where memory-bank models fit."""
+        del trainer
+        if not callable(getattr(pl_module, "fit", None)) or "fit" not in vars(pl_module):
+            self._stop()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Add the epoch's duration; a model without a ``fit`` step is done here."""
+        """A model with neither a fit step nor a validation pass is done here."""
         del trainer, pl_module
-        self.seconds += time.perf_counter() - self._epoch_start
-        if not self._has_fit:
-            self.peak_mib = self.memory.stop()
+        self._stop()
 
 
 def make_datamodule(args: argparse.Namespace, category: str, batch_size: int) -> AnomalibDataModule:
