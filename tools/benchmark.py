@@ -227,7 +227,7 @@ class FitTimer(Callback):
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Callbacks see this before the model's own hook, which is where memory-bank models fit."""
         del trainer
-        if not callable(getattr(pl_module, "fit", None)) or "fit" not in vars(pl_module):
+        if "fit" not in vars(pl_module):  # no fit step is waiting to run (none, or already done)
             self._stop()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
