@@ -16,10 +16,9 @@ Example (the figures in docs/deployment.md):
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +28,9 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from benchmark import Setup, build_model
+from benchmark import Setup, build_model, interleaved_medians
 
 Runtime = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-def _timed(run: Runtime, batch: np.ndarray) -> float:
-    start = time.perf_counter()
-    run(batch)
-    return time.perf_counter() - start
 
 
 def _max_differences(runtimes: dict[str, Runtime], batches: list[np.ndarray]) -> dict[str, str]:
@@ -85,26 +78,25 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, images: 
         "onnxruntime": lambda b: dict(zip(output_names, session.run(None, {input_name: b}), strict=True)),
         "openvino": lambda b: {next(iter(key.names)): value for key, value in compiled(b).items()},
     }
-    samples: dict[str, list[float]] = {runtime: [] for runtime in runtimes}
     with torch.no_grad():
         parity = _max_differences(runtimes, batches)
-        for _ in range(args.warmup):
-            for run in runtimes.values():
-                run(batches[0])
-        for _ in range(args.repeats):
-            for runtime, run in runtimes.items():
-                samples[runtime].append(_timed(run, batches[0]))
+    seconds = interleaved_medians(
+        {runtime: partial(run, batches[0]) for runtime, run in runtimes.items()},
+        args.warmup,
+        args.repeats,
+        torch.device("cpu"),
+    )
     onnx_bytes = sum(path.stat().st_size for path in onnx_path.parent.iterdir())
     openvino_bytes = sum(path.stat().st_size for path in openvino_path.parent.iterdir())
     sizes = {"torch eager": None, "onnxruntime": onnx_bytes, "openvino": openvino_bytes}
     return {
         runtime: {
-            "latency_ms": 1000 * statistics.median(values) / batch_size,
+            "latency_ms": 1000 * seconds[runtime] / batch_size,
             "batch": batch_size,
             "size_mb": sizes[runtime] and sizes[runtime] / 2**20,
             "parity": parity[runtime],
         }
-        for runtime, values in samples.items()
+        for runtime in runtimes
     }
 
 

@@ -13,14 +13,13 @@ Example (figures in the model README):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+from functools import partial
 from unittest import mock
 
 import open_clip
 import torch
 from anomalib.models.image.winclip import torch_model as anomalib_winclip
+from benchmark import interleaved_medians
 
 from anomalib_featureridge.models.win_clip_plus import WinClipPlusModel
 
@@ -41,12 +40,6 @@ def anomalib_model_with_weights(plus: WinClipPlusModel, backbone: str, scales: t
         anomalib_winclip.open_clip, "create_model_and_transforms", return_value=(clip, None, transform)
     ):
         return anomalib_winclip.WinClipModel(scales=scales).eval()
-
-
-def _median_ms(run: Callable[[], object], rounds: list[float]) -> None:
-    start = time.perf_counter()
-    run()
-    rounds.append((time.perf_counter() - start) * 1000)
 
 
 def main() -> None:
@@ -88,22 +81,18 @@ def main() -> None:
             _, windows, patches = baseline.encode_image(image)
             theirs = baseline._compute_few_shot_scores(patches, windows).flatten(1)
             print(f"few-shot association map, max |WinClipPlus - WinClip|: {(ours - theirs).abs().max():.2e}")
-        timings: dict[str, list[float]] = {"anomalib WinClip (2,3)": []} | {f"WinClipPlus {row[0]}": [] for row in rows}
-        baseline(image)  # warm-up round
-        for _, plus, _, row_image, _ in rows:
-            plus(row_image)
-        for _ in range(args.repeats):
-            _median_ms(lambda: baseline(image), timings["anomalib WinClip (2,3)"])
-            for variant, plus, _, row_image, _ in rows:
-                _median_ms(lambda plus=plus, row_image=row_image: plus(row_image), timings[f"WinClipPlus {variant}"])
+    runs = {"anomalib WinClip (2,3)": partial(baseline, image)}
+    runs |= {f"WinClipPlus {variant}": partial(plus, row_image) for variant, plus, _, row_image, _ in rows}
+    seconds = interleaved_medians(runs, warmup=1, repeats=args.repeats, device=torch.device("cpu"))
+    median_ms = {name: 1000 * value for name, value in seconds.items()}
 
-    anomalib_ms = statistics.median(timings["anomalib WinClip (2,3)"])
+    anomalib_ms = median_ms["anomalib WinClip (2,3)"]
     print(f"{args.backbone}, k_shot={args.k_shot}, threads={args.threads}, {args.repeats} interleaved rounds, batch 1")
     print("| model | scales | window stride | median ms/image | ratio to anomalib WinClip |")
     print("|---|---|---|---|---|")
     print(f"| anomalib WinClip | (2, 3) | 1 | {anomalib_ms:.0f} | 1.00 |")
     for variant, _, settings, _, _ in rows:
-        median = statistics.median(timings[f"WinClipPlus {variant}"])
+        median = median_ms[f"WinClipPlus {variant}"]
         scales, stride = settings["scales"], settings["window_stride"]
         print(f"| WinClipPlus {variant} | {scales} | {stride} | {median:.0f} | {median / anomalib_ms:.2f} |")
 
