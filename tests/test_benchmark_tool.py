@@ -128,3 +128,57 @@ def test_fit_time_stops_at_the_end_of_the_fit_step_and_counts_it_once():
     timer.on_train_epoch_end(None, model)
     assert 0.1 <= timer.seconds < 0.3
     assert "fit" not in vars(model)  # unwrapped again, so the model pickles for export
+
+
+def folder_args(synthetic_root: Path, output: Path, *, masks: bool = True) -> list[str]:
+    """The synthetic category given as an anomalib Folder dataset (defects in three folders)."""
+    defects = ["scratch", "stain", "hole"]
+    args = ["--folder", str(synthetic_root / "synthetic"), "--normal-dir", "train/good", "--output", str(output)]
+    args += ["--abnormal-dir", *(f"test/{defect}" for defect in defects)]
+    if masks:
+        args += ["--mask-dir", *(f"ground_truth/{defect}" for defect in defects)]
+    return args + SMOKE
+
+
+def test_folder_splits_are_the_same_for_every_model(synthetic_root, tmp_path):
+    args = benchmark.parse_args(folder_args(synthetic_root, tmp_path))
+
+    def split_paths() -> tuple[list[str], list[str]]:
+        datamodule = benchmark.make_datamodule(args, "synthetic", batch_size=4)
+        datamodule.setup()
+        return sorted(datamodule.train_data.samples.image_path), sorted(datamodule.test_data.samples.image_path)
+
+    torch.manual_seed(1)
+    first = split_paths()
+    torch.manual_seed(2)  # another model's construction leaves the global generator elsewhere
+    assert split_paths() == first
+    train, test = first
+    assert not set(train) & set(test)
+    assert any("/train/good/" in path for path in test)  # good test images held out of the training folder
+
+
+def test_folder_without_masks_leaves_pixel_metrics_empty(synthetic_root, tmp_path):
+    benchmark.main([*folder_args(synthetic_root, tmp_path, masks=False), "--models", "FeatureRidge"])
+    (row,) = csv.DictReader((tmp_path / "results.csv").open())
+    assert row["error"] == ""
+    assert 0 <= float(row["image_AUROC"]) <= 1
+    assert row["pixel_AUROC"] == row["pixel_AUPRO"] == ""
+
+
+def test_folder_with_masks_has_pixel_metrics(synthetic_root, tmp_path):
+    benchmark.main([*folder_args(synthetic_root, tmp_path), "--models", "FeatureRidge"])
+    (row,) = csv.DictReader((tmp_path / "results.csv").open())
+    assert 0 <= float(row["pixel_AUROC"]) <= 1
+    assert 0 <= float(row["pixel_AUPRO"]) <= 1
+
+
+def test_folder_without_defects_is_refused_unless_only_cost_is_measured(synthetic_root, tmp_path):
+    base = ["--folder", str(synthetic_root / "synthetic"), "--normal-dir", "train/good", "--output", str(tmp_path)]
+    with pytest.raises(SystemExit, match="Accuracy needs defective images"):
+        benchmark.main([*base, *SMOKE])
+    with pytest.raises(SystemExit, match=r"No such image folder: .*test/dents"):
+        benchmark.main([*base, "--abnormal-dir", "test/dents", *SMOKE])
+    benchmark.main([*base, *SMOKE, "--models", "FeatureRidge", "--skip-full", "--scaling", "4"])
+    (row,) = csv.DictReader((tmp_path / "results.csv").open())
+    assert row["error"] == ""
+    assert float(row["fit_s"]) > 0

@@ -237,25 +237,24 @@ class FitTimer(Callback):
 
 
 def make_datamodule(args: argparse.Namespace, category: str, batch_size: int) -> AnomalibDataModule:
-    """An MVTec-layout category under ``--root``, or the ``--folder`` dataset."""
+    """An MVTec-layout category under ``--root``, or the ``--folder`` dataset.
+
+    The seed fixes anomalib's random splits (a Folder's normal test images drawn from the good
+    ones, its validation half drawn from the test set), so that every model sees the same images.
+    """
+    loader = {"train_batch_size": batch_size, "eval_batch_size": batch_size, "num_workers": args.num_workers}
     if args.folder is not None:
         return Folder(
             name=category,
             root=args.folder,
             normal_dir=args.normal_dir,
+            normal_test_dir=args.normal_test_dir,
             abnormal_dir=args.abnormal_dir,
             mask_dir=args.mask_dir,
-            train_batch_size=batch_size,
-            eval_batch_size=batch_size,
-            num_workers=args.num_workers,
+            seed=args.seed,
+            **loader,
         )
-    return MVTecAD(
-        root=args.root,
-        category=category,
-        train_batch_size=batch_size,
-        eval_batch_size=batch_size,
-        num_workers=args.num_workers,
-    )
+    return MVTecAD(root=args.root, category=category, seed=args.seed, **loader)
 
 
 def restrict_training_set(datamodule: AnomalibDataModule, n_train: int | None, seed: int) -> int:
@@ -345,7 +344,8 @@ def measure(
             start = time.perf_counter()
             results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
             row["test_s"] = round(time.perf_counter() - start, 1)
-            row |= {metric: round(float(results[metric]), 4) for metric in METRICS}
+            # A dataset without masks has no pixel metrics: their cells stay empty rather than made up.
+            row |= {metric: round(float(results[metric]), 4) for metric in METRICS if metric in results}
         model.eval()
         device = next(model.model.parameters()).device
         batch = timing_batch(model, datamodule).to(device)
@@ -412,8 +412,15 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.weights is not None and not args.weights.is_file():
         sys.exit(f"Backbone weights file {args.weights} does not exist")
     if args.folder is not None:
-        if not (args.folder / args.normal_dir).is_dir():
-            sys.exit(f"No normal image folder {args.folder / args.normal_dir}")
+        folders = [args.normal_dir, args.normal_test_dir, *(args.abnormal_dir or []), *(args.mask_dir or [])]
+        missing_folders = [str(args.folder / name) for name in folders if name and not (args.folder / name).is_dir()]
+        if missing_folders:
+            sys.exit(f"No such image folder: {', '.join(missing_folders)}")
+        if not args.abnormal_dir and (not args.skip_full or args.few_shot):
+            sys.exit(
+                "Accuracy needs defective images: give --abnormal-dir (and --mask-dir for pixel metrics), "
+                "or measure cost only with --skip-full --scaling N ..."
+            )
         return
     if args.root is None or not args.root.is_dir():
         sys.exit(f"Dataset root {args.root} does not exist (give --root DIR or --folder DIR)")
@@ -430,9 +437,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--root", type=Path, help="MVTec-layout dataset root")
     data.add_argument("--categories", nargs="+", default=[])
     data.add_argument("--folder", type=Path, help="root of a Folder dataset (anomalib.data.Folder)")
-    data.add_argument("--normal-dir", default="good")
-    data.add_argument("--abnormal-dir", default=None)
-    data.add_argument("--mask-dir", default=None)
+    data.add_argument("--normal-dir", default="good", help="good training images, relative to --folder")
+    data.add_argument(
+        "--normal-test-dir", default=None, help="good test images; without it anomalib holds out 20 %% of --normal-dir"
+    )
+    data.add_argument("--abnormal-dir", nargs="+", default=None, help="defective test images, one or more folders")
+    data.add_argument("--mask-dir", nargs="+", default=None, help="their masks, in the same order (optional)")
     data.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["FeatureRidge", "Patchcore", "Padim"])
     parser.add_argument("--backbone", default="wide_resnet50_2")
@@ -451,7 +461,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-full", action="store_true", help="only the scaling and few-shot runs")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random training subsets")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random training subsets and of anomalib's data splits"
+    )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="output folder")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md and plots from the CSV")
     args = parser.parse_args(argv)
