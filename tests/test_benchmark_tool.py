@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, mo
 
     monkeypatch.setattr(benchmark, "measure", measure_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
+        run(synthetic_root, tmp_path, "--in-process", "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
 
     rows = on_disk_when_killed
     assert [(row["model"], row["n_train"]) for row in rows] == [("FeatureRidge", "4")]
@@ -71,15 +73,27 @@ def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, mo
 
     measured.clear()
     monkeypatch.setattr(benchmark, "measure", lambda name, mode, category, n, *args: measured.append(n) or {})
-    run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
+    run(synthetic_root, tmp_path, "--in-process", "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
     assert measured == [6]
     assert (tmp_path / "results.md").exists()
 
 
-def test_too_large_a_training_subset_becomes_an_error_row(synthetic_root, tmp_path):
-    run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "1000")
-    (row,) = csv.DictReader((tmp_path / "results.csv").open())
-    assert "asked for 1000 training images, the category has 12" in row["error"]
+def test_a_failed_row_is_recorded_and_the_run_goes_on(synthetic_root, tmp_path):
+    run(synthetic_root, tmp_path, "--models", "FeatureRidge", "--skip-full", "--scaling", "1000", "4")
+    failed, measured = csv.DictReader((tmp_path / "results.csv").open())
+    assert "asked for 1000 training images, the category has 12" in failed["error"]
+    assert measured["error"] == ""
+    assert measured["n_train"] == "4"
+    assert float(measured["peak_rss_fit_mib"]) > 100  # the measuring process's own peak
+
+
+def die_like_the_out_of_memory_killer() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_measuring_process_is_reported_with_its_signal():
+    with pytest.raises(benchmark.RowFailedError, match=r"killed by SIGKILL \(most often the out-of-memory killer\)"):
+        benchmark.run_isolated(die_like_the_out_of_memory_killer)
 
 
 def test_clip_models_take_their_own_backbone_and_k_shot(synthetic_root, tmp_path, tiny_clip):
@@ -87,7 +101,7 @@ def test_clip_models_take_their_own_backbone_and_k_shot(synthetic_root, tmp_path
         synthetic_root,
         tmp_path,
         *("--models", "WinClipPlus", "--skip-full", "--few-shot", "2"),
-        *("--clip-backbone", "tiny-clip", "--clip-pretrained", str(tiny_clip["checkpoint"])),
+        *("--clip-backbone", str(tiny_clip["config"]), "--clip-pretrained", str(tiny_clip["checkpoint"])),
     )
     (row,) = csv.DictReader((tmp_path / "results.csv").open())
     assert row["error"] == ""

@@ -15,7 +15,9 @@ category it records:
 - the size of the exported torch model (``model.to_torch``) and of its head (everything but the
   backbone's weights), which is what grows with the training set for memory-bank models.
 
-Modes: ``full`` (every training image), ``--scaling N ...`` (fit only, on N random training
+Each row is measured in a fresh process (``--in-process`` to measure in this one), so that its
+memory peak is its own and a crash, such as the out-of-memory killer stopping one fit, costs
+only that row. Modes: ``full`` (every training image), ``--scaling N ...`` (fit only, on N random training
 images, for time/memory/size growth) and ``--few-shot K ...`` (K random training images, full
 evaluation). Each row is appended to ``results.csv`` as soon as it is measured, and rows already
 there are skipped on a re-run, so an interrupted benchmark loses nothing. ``results.md`` and the
@@ -34,13 +36,16 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
+import multiprocessing
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -315,10 +320,19 @@ def exported_sizes(model: AnomalibModule, workdir: Path) -> tuple[float, float]:
     return total / 2**20, max(total - backbone_bytes, 0) / 2**20
 
 
+def floor_backbone(setup: Setup) -> Any:
+    """The shared backbone truncated after the deepest layer used, with the run's weights (checked strictly)."""
+    floor = create_feature_extractor(setup.backbone, setup.layers, pre_trained=False)
+    if setup.weights is not None:
+        load_backbone_weights(floor, setup.backbone, setup.weights)
+    return floor
+
+
 def measure(
-    name: str, mode: str, category: str, n_train: int | None, args: argparse.Namespace, setup: Setup, floor: Any
+    name: str, mode: str, category: str, n_train: int | None, args: argparse.Namespace, setup: Setup
 ) -> dict[str, Any]:
     """Fit (and unless scaling, test) one model; time its inference; return one CSV row's figures."""
+    floor = floor_backbone(setup)
     model = build_model(name, setup, sum(floor.feature_info.channels()), n_train if mode == "few-shot" else None)
     datamodule = make_datamodule(args, category, setup.batch_size)
     n_used = restrict_training_set(datamodule, n_train, setup.seed)
@@ -358,6 +372,57 @@ def measure(
         row["model_mib"], row["head_mib"] = (round(size, 3) for size in exported_sizes(model, Path(workdir)))
         row["device"] = device.type
     return row
+
+
+class RowFailedError(RuntimeError):
+    """A row measured in its own process failed; the message says how."""
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line of a CSV cell."""
+    return f"{type(error).__name__}: {error}".replace("\n", " ")[:300]
+
+
+def _run_in_child(sender: Any, function: Callable[..., dict[str, Any]], arguments: tuple) -> None:
+    """Body of the measuring process: send back the row, or what went wrong (with the traceback on stderr)."""
+    try:
+        outcome = ("row", function(*arguments))
+    except Exception as error:  # any failure of one row becomes that row's error in the parent
+        traceback.print_exc()
+        outcome = ("error", describe(error))
+    sender.send(outcome)
+    sender.close()
+
+
+def run_isolated(function: Callable[..., dict[str, Any]], *arguments: object) -> dict[str, Any]:
+    """``function(*arguments)`` in a fresh (spawned) process; raise RowFailedError if it fails or dies.
+
+    A fresh process per row keeps one model's allocations out of the next one's memory peak, and
+    turns a hard crash into an error row instead of the end of the run.
+    """
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_run_in_child, args=(sender, function, arguments))
+    child.start()
+    sender.close()
+    try:
+        outcome = receiver.recv()
+    except EOFError:  # the child died without a word
+        outcome = None
+    except BaseException:  # an interrupt of the parent stops the measurement too
+        child.kill()
+        raise
+    finally:
+        child.join()
+    if outcome is None:
+        code = child.exitcode or 0
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        hint = " (most often the out-of-memory killer)" if code == -signal.SIGKILL else ""
+        raise RowFailedError(f"the measuring process {how}{hint}")
+    kind, value = outcome
+    if kind == "error":
+        raise RowFailedError(value)
+    return value
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -464,6 +529,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random training subsets and of anomalib's data splits"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure every row in this process: starts faster, but memory peaks then carry earlier rows "
+        "and a crash ends the run",
+    )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="output folder")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md and plots from the CSV")
     args = parser.parse_args(argv)
@@ -503,9 +574,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
     """Measure every planned row not already in the CSV, appending each as soon as it is done."""
-    floor = create_feature_extractor(setup.backbone, setup.layers, pre_trained=False)
-    if setup.weights is not None:
-        load_backbone_weights(floor, setup.backbone, setup.weights)
+    floor_backbone(setup)  # weights that do not fit the backbone stop the run before any fit
     done = {row_key(row) for row in read_rows(csv_path) if not row["error"]}
     runs = [(mode, category, n, name) for mode, category, n in plan(args) for name in args.models]
     with row_appender(csv_path) as append:
@@ -525,10 +594,13 @@ def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
                 print(f"{label}: already in {csv_path}, skipped", flush=True)
                 continue
             print(f"{label} ...", flush=True)
+            task = (name, mode, category, n_train, args, setup)
             try:
-                row = identity | measure(name, mode, category, n_train, args, setup, floor)
+                row = identity | (measure(*task) if args.in_process else run_isolated(measure, *task))
+            except RowFailedError as error:
+                row = identity | {"error": str(error)}
             except (ValueError, RuntimeError, MemoryError, torch.OutOfMemoryError) as error:
-                row = identity | {"error": f"{type(error).__name__}: {error}".replace("\n", " ")[:300]}
+                row = identity | {"error": describe(error)}
             append(row)
             print(f"{label}: {row}", flush=True)
 
