@@ -196,3 +196,29 @@ def test_folder_without_defects_is_refused_unless_only_cost_is_measured(syntheti
     (row,) = csv.DictReader((tmp_path / "results.csv").open())
     assert row["error"] == ""
     assert float(row["fit_s"]) > 0
+
+
+def test_inference_at_scale_sizes_patchcore_banks_from_the_training_set(capsys):
+    import benchmark_inference_scale as scale
+
+    args = scale.parse_args(["--backbone", "resnet18", "--image-size", "64", "--train-images", "2", "8"])
+    args.batch, args.warmup, args.repeats = 2, 0, 1
+    timings = scale.measure(args)
+    # resnet18 layer2 has stride 8: 64 px gives 8 x 8 patches per image, 10 % of them kept per training image
+    assert [(t.name, t.bank_rows) for t in timings] == [
+        ("backbone", 0),
+        ("FeatureRidge", 0),
+        ("Patchcore, 2 training images", 13),
+        ("Patchcore, 8 training images", 51),
+    ]
+    assert all(t.ms_per_image > 0 for t in timings)
+    table = scale.markdown(timings, args)
+    assert "| Patchcore, 8 training images | 51 |" in table
+    assert "| backbone |  |" in table
+
+
+def test_inference_at_scale_refuses_a_coreset_ratio_outside_0_1():
+    import benchmark_inference_scale as scale
+
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--coreset-ratio", "1.5"])

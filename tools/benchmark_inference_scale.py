@@ -1,0 +1,122 @@
+"""Inference time at MVTec AD scale, without data or weights: FeatureRidge vs Patchcore memory banks.
+
+Patchcore's inference cost is its nearest-neighbour search, which grows with the memory bank:
+``coreset ratio x training images x patches per image`` rows of the concatenated features. The
+cost of a forward pass does not depend on the values of the weights or of the bank, so this tool
+times the real torch modules with random backbone weights, a FeatureRidge map fitted on random
+images and Patchcore banks of random rows of the sizes a real training set would give. That
+answers the question ``tools/benchmark.py`` cannot answer on small datasets and small banks: how
+fast FeatureRidge scores next to Patchcore with the paper's backbone and full MVTec AD training
+sets. The backbone alone, FeatureRidge and every bank size are timed in interleaved rounds on the
+same batch, so machine noise hits all of them alike.
+
+Example (the figures in docs/benchmarks.md; MVTec AD training sets have 60 to 391 images):
+    python tools/benchmark_inference_scale.py --backbone wide_resnet50_2 --layers layer2 layer3 \
+        --train-images 60 240 391 --coreset-ratio 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+from benchmark import interleaved_medians
+
+from anomalib_featureridge.backbone import create_feature_extractor
+from anomalib_featureridge.models.feature_ridge import FeatureRidgeModel
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed module: its name, the Patchcore bank size (0 for the others) and ms per image."""
+
+    name: str
+    bank_rows: int
+    ms_per_image: float
+
+
+def patchcore_with_bank(backbone: str, layers: list[str], rows: int, image_size: int) -> PatchcoreModel:
+    """Anomalib's Patchcore module with a random memory bank of ``rows`` patch features."""
+    model = PatchcoreModel(backbone=backbone, layers=layers, pre_trained=False)
+    with torch.no_grad():
+        features = model(torch.zeros(1, 3, image_size, image_size))  # training mode: the patch embedding
+    model.memory_bank = torch.randn(rows, features.shape[1])
+    model.embedding_store.clear()
+    return model.eval()
+
+
+def patches_per_image(backbone: str, layers: list[str], image_size: int) -> int:
+    """Positions on the shallow layer's grid: what one training image adds to a Patchcore bank before the coreset."""
+    stride = create_feature_extractor(backbone, layers, pre_trained=False).feature_info.reduction()[0]
+    return (image_size // stride) ** 2
+
+
+def measure(args: argparse.Namespace) -> list[Timing]:
+    """Build the modules, time them interleaved on one random batch, return ms per image of each."""
+    torch.manual_seed(0)
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size)
+    floor = create_feature_extractor(args.backbone, args.layers, pre_trained=False).eval()
+    feature_ridge = FeatureRidgeModel(backbone=args.backbone, layers=args.layers, pre_trained=False)
+    feature_ridge.update(images)
+    feature_ridge.eval()
+    per_image = patches_per_image(args.backbone, args.layers, args.image_size)
+    banks = {n: max(1, round(args.coreset_ratio * n * per_image)) for n in args.train_images}
+    runs = {"backbone": partial(floor, images), "FeatureRidge": partial(feature_ridge, images)}
+    for n, rows in banks.items():
+        patchcore = patchcore_with_bank(args.backbone, args.layers, rows, args.image_size)
+        runs[f"Patchcore, {n} training images"] = partial(patchcore, images)
+    seconds = interleaved_medians(runs, args.warmup, args.repeats, torch.device("cpu"))
+    bank_of = {f"Patchcore, {n} training images": rows for n, rows in banks.items()}
+    return [Timing(name, bank_of.get(name, 0), 1000 * value / args.batch) for name, value in seconds.items()]
+
+
+def markdown(timings: list[Timing], args: argparse.Namespace) -> str:
+    """The table: ms per image, over the backbone, and FeatureRidge over each Patchcore bank."""
+    floor = next(t.ms_per_image for t in timings if t.name == "backbone")
+    ridge = next(t.ms_per_image for t in timings if t.name == "FeatureRidge")
+    lines = [
+        f"{args.backbone} {args.layers[0]} -> {args.layers[1]}, {args.image_size} px, batch {args.batch}, "
+        f"coreset ratio {args.coreset_ratio}, {args.repeats} interleaved rounds, threads {torch.get_num_threads()}",
+        "",
+        "| module | memory bank rows | ms/image | over the backbone | FeatureRidge / this |",
+        "|---|---|---|---|---|",
+    ]
+    for timing in timings:
+        bank = f"{timing.bank_rows:,}" if timing.bank_rows else ""
+        lines.append(
+            f"| {timing.name} | {bank} | {timing.ms_per_image:.1f} | {timing.ms_per_image / floor:.2f}x "
+            f"| {ridge / timing.ms_per_image:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="wide_resnet50_2")
+    parser.add_argument("--layers", nargs=2, default=["layer2", "layer3"])
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument(
+        "--train-images", nargs="+", type=int, default=[60, 240, 391], help="training-set sizes to size banks for"
+    )
+    parser.add_argument("--coreset-ratio", type=float, default=0.1, help="anomalib's default is 0.1")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if not 0 < args.coreset_ratio <= 1:
+        parser.error(f"--coreset-ratio must be in (0, 1], got {args.coreset_ratio}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and print the table."""
+    args = parse_args(argv)
+    print(markdown(measure(args), args), end="", flush=True)
+
+
+if __name__ == "__main__":
+    main()
