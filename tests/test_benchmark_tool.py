@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +225,45 @@ def test_inference_at_scale_refuses_a_coreset_ratio_outside_0_1():
 
     with pytest.raises(SystemExit):
         scale.parse_args(["--coreset-ratio", "1.5"])
+
+
+def report_start_method() -> dict[str, str]:
+    return {"start_method": multiprocessing.get_start_method()}
+
+
+def test_the_measuring_process_starts_data_loader_workers_the_parent_way():
+    # A spawned child would otherwise spawn its workers, re-importing everything inside the timed fit.
+    assert benchmark.run_isolated(report_start_method) == {"start_method": multiprocessing.get_start_method()}
+
+
+def record_pid_then_wait(path: str) -> dict[str, str]:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+    return {}
+
+
+def running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False
+
+
+def test_the_measuring_process_stops_when_the_benchmark_is_killed(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    script = (
+        f"import sys; sys.path[:0] = {[str(Path(benchmark.__file__).parent), str(Path(__file__).parent)]!r}; "
+        f"import benchmark, test_benchmark_tool as t; benchmark.run_isolated(t.record_pid_then_wait, {str(pid_file)!r})"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the measuring process did not start"
+        time.sleep(0.2)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while running(child):
+        assert time.monotonic() < deadline, "the measuring process outlived the benchmark"
+        time.sleep(0.2)
