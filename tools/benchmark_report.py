@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -89,16 +90,17 @@ def markdown(rows: list[Row]) -> str:
 
 
 def _bars(axis: plt.Axes, rows: list[Row], field: str, title: str) -> None:
-    """Grouped bars: one group per category, one bar per model."""
+    """Grouped bars: one group per category, one bar per model; a value not measured gets no bar, not a zero."""
     categories = sorted({row["category"] for row in rows})
     models = list(dict.fromkeys(row["model"] for row in rows))
     width = 0.8 / max(len(models), 1)
     for offset, model in enumerate(models):
         values = [
-            next((_number(r, field) or 0.0 for r in rows if r["model"] == model and r["category"] == c), 0.0)
+            next((_number(r, field) for r in rows if r["model"] == model and r["category"] == c), None)
             for c in categories
         ]
-        axis.bar([i + offset * width for i in range(len(categories))], values, width, label=model)
+        heights = [math.nan if value is None else value for value in values]
+        axis.bar([i + offset * width for i in range(len(categories))], heights, width, label=model)
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories)
     axis.set_title(title)
 
