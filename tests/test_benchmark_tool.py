@@ -261,6 +261,7 @@ def test_the_measuring_process_stops_when_the_benchmark_is_killed(tmp_path):
         deadline = time.monotonic() + 600  # a safeguard, not a timing: importing torch on a loaded machine is slow
         while not pid_file.exists() or not pid_file.read_text():
             assert time.monotonic() < deadline, "the measuring process did not start"
+            assert parent.poll() is None, "the benchmark process failed before it started the measuring one"
             time.sleep(0.2)
         child = int(pid_file.read_text())
         parent.kill()
