@@ -48,12 +48,6 @@ def patchcore_with_bank(backbone: str, layers: list[str], rows: int, image_size:
     return model.eval()
 
 
-def patches_per_image(backbone: str, layers: list[str], image_size: int) -> int:
-    """Positions on the shallow layer's grid: what one training image adds to a Patchcore bank before the coreset."""
-    stride = create_feature_extractor(backbone, layers, pre_trained=False).feature_info.reduction()[0]
-    return (image_size // stride) ** 2
-
-
 def measure(args: argparse.Namespace) -> list[Timing]:
     """Build the modules, time them interleaved on one random batch, return ms per image of each."""
     torch.manual_seed(0)
@@ -62,15 +56,17 @@ def measure(args: argparse.Namespace) -> list[Timing]:
     feature_ridge = FeatureRidgeModel(backbone=args.backbone, layers=args.layers, pre_trained=False)
     feature_ridge.update(images)
     feature_ridge.eval()
-    per_image = patches_per_image(args.backbone, args.layers, args.image_size)
-    banks = {n: max(1, round(args.coreset_ratio * n * per_image)) for n in args.train_images}
+    # What one training image adds to a Patchcore bank before the coreset: the shallow layer's grid positions.
+    patches_per_image = (args.image_size // floor.feature_info.reduction()[0]) ** 2
+    bank_rows = {
+        f"Patchcore, {n} training images": max(1, round(args.coreset_ratio * n * patches_per_image))
+        for n in args.train_images
+    }
     runs = {"backbone": partial(floor, images), "FeatureRidge": partial(feature_ridge, images)}
-    for n, rows in banks.items():
-        patchcore = patchcore_with_bank(args.backbone, args.layers, rows, args.image_size)
-        runs[f"Patchcore, {n} training images"] = partial(patchcore, images)
+    for name, rows in bank_rows.items():
+        runs[name] = partial(patchcore_with_bank(args.backbone, args.layers, rows, args.image_size), images)
     seconds = interleaved_medians(runs, args.warmup, args.repeats, torch.device("cpu"))
-    bank_of = {f"Patchcore, {n} training images": rows for n, rows in banks.items()}
-    return [Timing(name, bank_of.get(name, 0), 1000 * value / args.batch) for name, value in seconds.items()]
+    return [Timing(name, bank_rows.get(name, 0), 1000 * value / args.batch) for name, value in seconds.items()]
 
 
 def markdown(timings: list[Timing], args: argparse.Namespace) -> str:
