@@ -204,13 +204,16 @@ def test_folder_without_defects_is_refused_unless_only_cost_is_measured(syntheti
 def test_inference_at_scale_sizes_patchcore_banks_from_the_training_set(capsys):
     import benchmark_inference_scale as scale
 
-    args = scale.parse_args(["--backbone", "resnet18", "--image-size", "64", "--train-images", "2", "8"])
+    args = scale.parse_args(
+        ["--backbone", "resnet18", "--image-size", "64", "--train-images", "2", "8", "--ranks", "32"]
+    )
     args.batch, args.warmup, args.repeats = 2, 0, 1
     timings = scale.measure(args)
     # resnet18 layer2 has stride 8: 64 px gives 8 x 8 patches per image, 10 % of them kept per training image
     assert [(t.name, t.bank_rows) for t in timings] == [
         ("backbone", 0),
         ("FeatureRidge", 0),
+        ("FeatureRidge rank 32", 0),
         ("Patchcore, 2 training images", 13),
         ("Patchcore, 8 training images", 51),
     ]
@@ -218,6 +221,8 @@ def test_inference_at_scale_sizes_patchcore_banks_from_the_training_set(capsys):
     table = scale.markdown(timings, args)
     assert "| Patchcore, 8 training images | 51 |" in table
     assert "| backbone |  |" in table
+    assert "| FeatureRidge / this | FeatureRidge rank 32 / this |" in table
+    assert "| FeatureRidge rank 32 |  |" in table
 
 
 def test_inference_at_scale_refuses_a_coreset_ratio_outside_0_1():
@@ -283,10 +288,10 @@ def test_a_value_not_measured_gets_no_bar():
     from benchmark_report import _bars
 
     rows = [
-        {"model": "FeatureRidge", "category": "a", "pixel_AUROC": "0.9"},
-        {"model": "FeatureRidge", "category": "b", "pixel_AUROC": "0.7"},
-        {"model": "Patchcore", "category": "a", "pixel_AUROC": "0.95"},
-        {"model": "Patchcore", "category": "b", "pixel_AUROC": ""},  # did not finish
+        {"model": "FeatureRidge", "series": "FeatureRidge", "category": "a", "pixel_AUROC": "0.9"},
+        {"model": "FeatureRidge", "series": "FeatureRidge", "category": "b", "pixel_AUROC": "0.7"},
+        {"model": "Patchcore", "series": "Patchcore", "category": "a", "pixel_AUROC": "0.95"},
+        {"model": "Patchcore", "series": "Patchcore", "category": "b", "pixel_AUROC": ""},  # did not finish
     ]
     figure, axis = plt.subplots()
     _bars(axis, rows, "pixel_AUROC", "pixel AUROC")
@@ -294,3 +299,31 @@ def test_a_value_not_measured_gets_no_bar():
     plt.close(figure)
     assert heights[:3] == [0.9, 0.7, 0.95]
     assert math.isnan(heights[3])
+
+
+def test_a_rank_outside_the_deep_layer_is_refused_before_any_fit(synthetic_root, tmp_path):
+    with pytest.raises(SystemExit, match=r"--feature-ridge-rank must be between 1 and 255 for 'layer3'"):
+        run(synthetic_root, tmp_path, "--feature-ridge-rank", "256", "--skip-full", "--scaling", "4")
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_low_rank_rows_are_their_own_rows_with_a_smaller_head(synthetic_root, tmp_path):
+    common = ["--in-process", "--models", "FeatureRidge", "--skip-full", "--scaling", "4"]
+    run(synthetic_root, tmp_path, *common)
+    run(synthetic_root, tmp_path, *common, "--feature-ridge-rank", "16")
+    rows = {row["settings"]: row for row in csv.DictReader((tmp_path / "results.csv").open())}
+    assert set(rows) == {"", "rank=16"}
+    # resnet18 layer2 -> layer3: 1,152 x 256 weights in full (1.1 MiB), 1,152 x 16 + 16 x 256 at rank 16
+    # (0.09 MiB), each plus the same few kilobytes of bias and graph.
+    assert float(rows["rank=16"]["head_mib"]) < 0.2 * float(rows[""]["head_mib"])
+
+
+def test_plot_series_name_the_settings_only_where_one_model_has_several():
+    from benchmark_report import _with_series
+
+    rows = [
+        {"model": "FeatureRidge", "settings": ""},
+        {"model": "FeatureRidge", "settings": "rank=16"},
+        {"model": "Patchcore", "settings": "coreset=0.01"},
+    ]
+    assert [row["series"] for row in _with_series(rows)] == ["FeatureRidge", "FeatureRidge rank=16", "Patchcore"]

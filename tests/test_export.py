@@ -184,3 +184,28 @@ def test_predict_refuses_an_empty_folder(exported: dict, tmp_path: Path) -> None
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="No images"):
         predict_folder(exported["paths"]["openvino"], tmp_path / "empty", tmp_path / "out")
+
+
+def test_low_rank_model_exports_to_onnx_with_the_same_scores(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FeatureRidge(
+        backbone=SMALL_BACKBONE,
+        layers=list(SMALL_LAYERS),
+        pre_trained=False,
+        rank=16,
+        pre_processor=False,
+        post_processor=False,
+    )
+    model.model.update(torch.rand(4, 3, 64, 64))
+    model.eval()
+    onnx_path = model.to_onnx(tmp_path, input_size=(64, 64))  # no pre-processor: fix the size
+    initializers = {tensor.name for tensor in onnx.load(str(onnx_path)).graph.initializer}
+    assert {"model.weight", "model.projection"} <= initializers
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model.model(images)
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
+    np.testing.assert_allclose(outputs["anomaly_map"], reference.anomaly_map.numpy(), atol=TOLERANCE)
+    np.testing.assert_allclose(outputs["pred_score"].reshape(-1), reference.pred_score.numpy(), atol=TOLERANCE)

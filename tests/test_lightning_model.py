@@ -11,6 +11,7 @@ from anomalib.engine import Engine
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
 
 from anomalib_featureridge import FeatureRidge
+from anomalib_featureridge.models.feature_ridge.lightning_model import TRAINED_WITH_KEY
 
 
 def _model(**kwargs: object) -> FeatureRidge:
@@ -83,6 +84,34 @@ def test_load_from_checkpoint_with_another_backbone_is_refused(trained, tmp_path
     engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
     with pytest.raises(ValueError, match=r"trained with backbone='resnet18'.*configured with backbone='resnet34'"):
         FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt", backbone="resnet34")
+
+
+def test_checkpoint_of_another_rank_is_refused_naming_the_setting(trained, tmp_path: Path) -> None:
+    _, engine, _ = trained
+    engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    with pytest.raises(ValueError, match=r"trained with .*rank=None.*configured with .*rank=16.*--model\.rank"):
+        FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt", rank=16)
+
+
+def test_checkpoint_from_before_the_rank_option_loads_as_full_rank(trained, tmp_path: Path) -> None:
+    _, engine, _ = trained
+    engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    del checkpoint[TRAINED_WITH_KEY]["rank"]
+    checkpoint["hyper_parameters"].pop("rank")
+    _model().on_load_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match=r"rank=None.*rank=16"):
+        _model(rank=16).on_load_checkpoint(checkpoint)
+
+
+def test_low_rank_checkpoint_round_trip(synthetic_root: Path, tmp_path: Path) -> None:
+    model, engine = _model(rank=16), _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+    engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    restored = FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt").eval()
+    assert restored.model.rank == 16
+    images = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
 
 
 def test_dropping_statistics_shrinks_the_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:

@@ -108,3 +108,55 @@ def test_statistics_survive_state_dict_round_trip() -> None:
     restored.load_state_dict(stats.state_dict())
     for a, b in zip(stats.solve(1.0), restored.solve(1.0), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _ridge_objective(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, alpha: float) -> float:
+    """``sum ||y - W^T x - b||^2 + alpha ||W||^2`` with the best unpenalised intercept for ``W``."""
+    bias = y.mean(0) - weight.T @ x.mean(0)
+    return float((y - x @ weight - bias).pow(2).sum() + alpha * weight.pow(2).sum())
+
+
+def test_reduced_rank_matches_the_projected_augmented_fit() -> None:
+    x, y = _data(d_out=6)
+    alpha, rank = 4.0, 3
+    stats = RidgeStatistics()
+    stats.update(x, y)
+    reduced, basis, bias = stats.solve_reduced_rank(alpha, rank)
+    # Reference from the raw rows: Ridge is least squares on [X_c; sqrt(alpha) I] -> [Y_c; 0], and the
+    # best rank-r map projects its fitted values onto their leading r right singular vectors.
+    xc, yc = (x - x.mean(0)).numpy(), (y - y.mean(0)).numpy()
+    augmented = np.vstack([xc, np.sqrt(alpha) * np.eye(xc.shape[1])])
+    targets = np.vstack([yc, np.zeros((xc.shape[1], yc.shape[1]))])
+    full = np.linalg.lstsq(augmented, targets, rcond=None)[0]
+    leading = np.linalg.svd(augmented @ full)[2][:rank].T
+    expected = full @ leading @ leading.T
+    np.testing.assert_allclose((reduced @ basis.T).numpy(), expected, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(bias.numpy(), y.mean(0).numpy() - expected.T @ x.mean(0).numpy(), atol=1e-8)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(rank, dtype=torch.float64))
+
+
+def test_reduced_rank_beats_other_maps_of_that_rank() -> None:
+    x, y = _data(d_out=6)
+    alpha, rank = 1.0, 2
+    stats = RidgeStatistics()
+    stats.update(x, y)
+    reduced, basis, _ = stats.solve_reduced_rank(alpha, rank)
+    best = _ridge_objective(x, y, reduced @ basis.T, alpha)
+    full, _ = stats.solve(alpha)
+    left, singular, right = torch.linalg.svd(full, full_matrices=False)
+    truncated = left[:, :rank] @ torch.diag(singular[:rank]) @ right[:rank]
+    assert best < _ridge_objective(x, y, truncated, alpha)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        directions = torch.linalg.qr(torch.randn(6, rank, generator=generator, dtype=torch.float64))[0]
+        assert best < _ridge_objective(x, y, full @ directions @ directions.T, alpha)
+    assert _ridge_objective(x, y, full, alpha) <= best
+
+
+@pytest.mark.parametrize("rank", [0, 5, 7])
+def test_reduced_rank_outside_one_to_targets_minus_one_is_refused(rank: int) -> None:
+    x, y = _data()
+    stats = RidgeStatistics()
+    stats.update(x, y)
+    with pytest.raises(ValueError, match=r"rank must be between 1 and 4"):
+        stats.solve_reduced_rank(1.0, rank)

@@ -54,6 +54,25 @@ def test_conv_inference_equals_unfolded_matrix_product() -> None:
     torch.testing.assert_close(model.patch_scores(images).double(), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_low_rank_head_equals_the_factored_matrix_product() -> None:
+    model = small_model(rank=24)
+    model.update(_normal_images(4))
+    images = torch.rand(2, 3, 64, 64)
+    shallow, deep = model.extract(images)
+    inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, 128 * 9).double()
+    reduced, basis, bias = model.statistics.solve_reduced_rank(model.alpha, 24)
+    predicted = (inputs @ reduced @ basis.T + bias).reshape(2, 8, 8, 256).permute(0, 3, 1, 2)
+    expected = torch.log((predicted - deep.double()).pow(2).sum(1, keepdim=True) + 1e-12)
+    torch.testing.assert_close(model.patch_scores(images).double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_low_rank_head_stores_two_small_kernels() -> None:
+    state = small_model(rank=24).state_dict()
+    assert state["weight"].shape == (24, 128, 3, 3)
+    assert state["projection"].shape == (256, 24, 1, 1)
+    assert "projection" not in small_model().state_dict()
+
+
 def test_output_contract() -> None:
     model = small_model()
     model.update(_normal_images(4))
@@ -63,8 +82,9 @@ def test_output_contract() -> None:
     torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(1, 2, 3)))
 
 
-def test_large_defect_scores_higher_than_clean_regions() -> None:
-    model = small_model()
+@pytest.mark.parametrize("rank", [None, 16])
+def test_large_defect_scores_higher_than_clean_regions(rank: int | None) -> None:
+    model = small_model(rank=rank)
     model.update(_normal_images(12, size=128))
     image = _normal_images(1, size=128, seed=99)
     image[:, :, 32:80, 32:80] = torch.tensor([1.0, 0.0, 1.0])[:, None, None]  # a magenta patch
@@ -143,6 +163,8 @@ def test_backbone_stays_in_eval_mode_while_training() -> None:
         ({"sigma": -1.0}, "sigma must be >= 0"),
         ({"layers": ("layer2",)}, "exactly two layers"),
         ({"layers": ("layer3", "layer2")}, "shallower"),
+        ({"rank": 0}, r"rank must be between 1 and 255 \(below the 256 channels of 'layer3'\)"),
+        ({"rank": 256}, r"rank must be between 1 and 255"),
         ({"layers": ("layer2", "layer9")}, r"no layer \['layer9'\].*'layer1', 'layer2', 'layer3', 'layer4'"),
     ],
 )

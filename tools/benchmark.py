@@ -97,6 +97,7 @@ class Setup:
     weights: Path | None
     random_init: bool
     coreset_ratio: float
+    ridge_rank: int | None
     clip_backbone: str | None
     clip_pretrained: str | None
     batch_size: int
@@ -115,7 +116,11 @@ def model_class(name: str) -> type[AnomalibModule]:
 
 def settings_of(name: str, setup: Setup) -> str:
     """The model-specific settings recorded in each row (part of the row's identity for resuming)."""
-    return f"coreset={setup.coreset_ratio}" if name.lower() == "patchcore" else ""
+    if name.lower() == "patchcore":
+        return f"coreset={setup.coreset_ratio}"
+    if name.replace("_", "").lower() == "featureridge" and setup.ridge_rank is not None:
+        return f"rank={setup.ridge_rank}"
+    return ""
 
 
 def build_model(name: str, setup: Setup, floor_channels: int, k_shot: int | None = None) -> AnomalibModule:
@@ -141,6 +146,8 @@ def build_model(name: str, setup: Setup, floor_channels: int, k_shot: int | None
         options["pre_trained"] = setup.weights is not None or not setup.random_init
     if "coreset_sampling_ratio" in accepted:
         options["coreset_sampling_ratio"] = setup.coreset_ratio
+    if "rank" in accepted and setup.ridge_rank is not None:
+        options["rank"] = setup.ridge_rank
     if "n_features" in accepted:
         # anomalib's Padim only knows a default for resnet18 and wide_resnet50_2; elsewhere keep every channel.
         from anomalib.models.image.padim.torch_model import _N_FEATURES_DEFAULTS
@@ -530,6 +537,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=None, help="local timm state dict for the backbone")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke runs)")
     parser.add_argument("--patchcore-coreset-ratio", type=float, default=0.1, help="anomalib's default is 0.1")
+    parser.add_argument(
+        "--feature-ridge-rank", type=int, default=None, help="low-rank FeatureRidge head (default: full rank)"
+    )
     parser.add_argument("--clip-backbone", default=None, help="open_clip model for CLIP models (their default)")
     parser.add_argument(
         "--clip-pretrained", default=None, help="open_clip tag or local checkpoint for CLIP models; 'none': random"
@@ -573,6 +583,7 @@ def main(argv: list[str] | None = None) -> None:
             weights=args.weights,
             random_init=args.random_init,
             coreset_ratio=args.patchcore_coreset_ratio,
+            ridge_rank=args.feature_ridge_rank,
             clip_backbone=args.clip_backbone,
             clip_pretrained=args.clip_pretrained,
             batch_size=args.batch_size,
@@ -589,7 +600,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
     """Measure every planned row not already in the CSV, appending each as soon as it is done."""
-    floor_backbone(setup)  # weights that do not fit the backbone stop the run before any fit
+    floor = floor_backbone(setup)  # weights that do not fit the backbone stop the run before any fit
+    deep_channels = floor.feature_info.channels()[-1]
+    if setup.ridge_rank is not None and not 0 < setup.ridge_rank < deep_channels:
+        sys.exit(f"--feature-ridge-rank must be between 1 and {deep_channels - 1} for {setup.layers[-1]!r}")
     done = {row_key(row) for row in read_rows(csv_path) if not row["error"]}
     runs = [(mode, category, n, name) for mode, category, n in plan(args) for name in args.models]
     with row_appender(csv_path) as append:

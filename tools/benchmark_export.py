@@ -53,7 +53,18 @@ def _max_differences(runtimes: dict[str, Runtime], batches: list[np.ndarray]) ->
 def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, images: list[np.ndarray]) -> dict[str, dict]:
     """Fit, export, check parity and time one model; return {runtime: {latency_ms, size_mb, parity, batch}}."""
     setup = Setup(
-        args.backbone, tuple(args.layers), args.weights, False, args.patchcore_coreset_ratio, None, None, 16, 0, 0, 0
+        backbone=args.backbone,
+        layers=tuple(args.layers),
+        weights=args.weights,
+        random_init=False,
+        coreset_ratio=args.patchcore_coreset_ratio,
+        ridge_rank=None,
+        clip_backbone=None,
+        clip_pretrained=None,
+        batch_size=16,
+        warmup=0,
+        repeats=0,
+        seed=0,
     )
     model = build_model(name, setup, floor_channels=0)
     datamodule = MVTecAD(root=args.root, category=args.category, num_workers=2, train_batch_size=setup.batch_size)

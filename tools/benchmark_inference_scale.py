@@ -7,12 +7,13 @@ times the real torch modules with random backbone weights, a FeatureRidge map fi
 images and Patchcore banks of random rows of the sizes a real training set would give. That
 answers the question ``tools/benchmark.py`` cannot answer on small datasets and small banks: how
 fast FeatureRidge scores next to Patchcore with the paper's backbone and full MVTec AD training
-sets. The backbone alone, FeatureRidge and every bank size are timed in interleaved rounds on the
-same batch, so machine noise hits all of them alike.
+sets, and what a low-rank Ridge map (``--ranks``) saves. The backbone alone, each FeatureRidge
+head and every bank size are timed in interleaved rounds on the same batch, so machine noise hits
+all of them alike.
 
 Example (the figures in docs/benchmarks.md; MVTec AD training sets have 60 to 391 images):
     python tools/benchmark_inference_scale.py --backbone wide_resnet50_2 --layers layer2 layer3 \
-        --train-images 60 240 391 --coreset-ratio 0.1
+        --train-images 60 240 391 --coreset-ratio 0.1 --ranks 128 256
 """
 
 from __future__ import annotations
@@ -53,38 +54,46 @@ def measure(args: argparse.Namespace) -> list[Timing]:
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size)
     floor = create_feature_extractor(args.backbone, args.layers, pre_trained=False).eval()
-    feature_ridge = FeatureRidgeModel(backbone=args.backbone, layers=args.layers, pre_trained=False)
-    feature_ridge.update(images)
-    feature_ridge.eval()
+    runs = {"backbone": partial(floor, images)}
+    for rank in [None, *args.ranks]:
+        feature_ridge = FeatureRidgeModel(backbone=args.backbone, layers=args.layers, pre_trained=False, rank=rank)
+        feature_ridge.update(images)
+        runs[ridge_name(rank)] = partial(feature_ridge.eval(), images)
     # What one training image adds to a Patchcore bank before the coreset: the shallow layer's grid positions.
     patches_per_image = (args.image_size // floor.feature_info.reduction()[0]) ** 2
     bank_rows = {
         f"Patchcore, {n} training images": max(1, round(args.coreset_ratio * n * patches_per_image))
         for n in args.train_images
     }
-    runs = {"backbone": partial(floor, images), "FeatureRidge": partial(feature_ridge, images)}
     for name, rows in bank_rows.items():
         runs[name] = partial(patchcore_with_bank(args.backbone, args.layers, rows, args.image_size), images)
     seconds = interleaved_medians(runs, args.warmup, args.repeats, torch.device("cpu"))
     return [Timing(name, bank_rows.get(name, 0), 1000 * value / args.batch) for name, value in seconds.items()]
 
 
+def ridge_name(rank: int | None) -> str:
+    """The table's name for a FeatureRidge head: full, or of a given rank."""
+    return "FeatureRidge" if rank is None else f"FeatureRidge rank {rank}"
+
+
 def markdown(timings: list[Timing], args: argparse.Namespace) -> str:
-    """The table: ms per image, over the backbone, and FeatureRidge over each Patchcore bank."""
+    """The table: ms per image, over the backbone, and each FeatureRidge head over every module."""
     floor = next(t.ms_per_image for t in timings if t.name == "backbone")
-    ridge = next(t.ms_per_image for t in timings if t.name == "FeatureRidge")
+    ridges = [t for t in timings if t.name.startswith("FeatureRidge")]
     lines = [
         f"{args.backbone} {args.layers[0]} -> {args.layers[1]}, {args.image_size} px, batch {args.batch}, "
         f"coreset ratio {args.coreset_ratio}, {args.repeats} interleaved rounds, threads {torch.get_num_threads()}",
         "",
-        "| module | memory bank rows | ms/image | over the backbone | FeatureRidge / this |",
-        "|---|---|---|---|---|",
+        "| module | memory bank rows | ms/image | over the backbone | "
+        + " | ".join(f"{ridge.name} / this" for ridge in ridges)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(ridges),
     ]
     for timing in timings:
         bank = f"{timing.bank_rows:,}" if timing.bank_rows else ""
+        ratios = " | ".join(f"{ridge.ms_per_image / timing.ms_per_image:.2f}x" for ridge in ridges)
         lines.append(
-            f"| {timing.name} | {bank} | {timing.ms_per_image:.1f} | {timing.ms_per_image / floor:.2f}x "
-            f"| {ridge / timing.ms_per_image:.2f}x |"
+            f"| {timing.name} | {bank} | {timing.ms_per_image:.1f} | {timing.ms_per_image / floor:.2f}x | {ratios} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -99,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-images", nargs="+", type=int, default=[60, 240, 391], help="training-set sizes to size banks for"
     )
     parser.add_argument("--coreset-ratio", type=float, default=0.1, help="anomalib's default is 0.1")
+    parser.add_argument("--ranks", nargs="*", type=int, default=[], help="low-rank FeatureRidge heads to time too")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)

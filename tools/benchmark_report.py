@@ -89,14 +89,26 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines).lstrip() + "\n"
 
 
+def _with_series(rows: list[Row]) -> list[Row]:
+    """Copies of the rows naming their plot series: the model, with its settings where one model has several."""
+    settings: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        settings[row["model"]].add(row["settings"])
+    return [
+        row
+        | {"series": f"{row['model']} {row['settings']}".strip() if len(settings[row["model"]]) > 1 else row["model"]}
+        for row in rows
+    ]
+
+
 def _bars(axis: plt.Axes, rows: list[Row], field: str, title: str) -> None:
-    """Grouped bars: one group per category, one bar per model; a value not measured gets no bar, not a zero."""
+    """Grouped bars: one group per category, one bar per series; a value not measured gets no bar, not a zero."""
     categories = sorted({row["category"] for row in rows})
-    models = list(dict.fromkeys(row["model"] for row in rows))
+    models = list(dict.fromkeys(row["series"] for row in rows))
     width = 0.8 / max(len(models), 1)
     for offset, model in enumerate(models):
         values = [
-            next((_number(r, field) for r in rows if r["model"] == model and r["category"] == c), None)
+            next((_number(r, field) for r in rows if r["series"] == model and r["category"] == c), None)
             for c in categories
         ]
         heights = [math.nan if value is None else value for value in values]
@@ -106,12 +118,12 @@ def _bars(axis: plt.Axes, rows: list[Row], field: str, title: str) -> None:
 
 
 def _lines(axis: plt.Axes, rows: list[Row], field: str, title: str, category: str | None = None) -> None:
-    """One line per model over the training-set size."""
-    for model in dict.fromkeys(row["model"] for row in rows):
+    """One line per series over the training-set size."""
+    for model in dict.fromkeys(row["series"] for row in rows):
         points = sorted(
             (int(row["n_train"]), _number(row, field))
             for row in rows
-            if row["model"] == model and _number(row, field) is not None and category in {None, row["category"]}
+            if row["series"] == model and _number(row, field) is not None and category in {None, row["category"]}
         )
         if points:
             axis.plot(*zip(*points, strict=True), marker="o", label=model)
@@ -123,7 +135,7 @@ def _lines(axis: plt.Axes, rows: list[Row], field: str, title: str, category: st
 def plots(rows: list[Row], output: Path) -> list[Path]:
     """Accuracy per category, cost per model, scaling and few-shot curves; returns the files written."""
     written: list[Path] = []
-    ok = [row for row in rows if not row["error"]]
+    ok = _with_series([row for row in rows if not row["error"]])
 
     def save(figure: plt.Figure, name: str) -> None:
         axes = figure.axes

@@ -111,13 +111,8 @@ class RidgeStatistics(nn.Module):
         for name in ("sum_x", "sum_y", "xtx", "xty"):
             getattr(self, name).add_(getattr(other, name).to(self.count.device))
 
-    @torch.no_grad()
-    def solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(W, b)`` in float64 minimising ``sum ||y - W^T x - b||^2 + alpha ||W||^2``.
-
-        The intercept is not penalised: the problem is solved on centred data, with
-        ``(X_c^T X_c + alpha I) W = X_c^T Y_c`` by Cholesky, then ``b = mean_y - W^T mean_x``.
-        """
+    def _centred_solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Solve ``(X_c^T X_c + alpha I) W = X_c^T Y_c``; return ``W``, ``X_c^T Y_c`` and the two means."""
         if self.is_empty:
             msg = "No training features were accumulated: the training set is empty."
             raise ValueError(msg)
@@ -133,6 +128,36 @@ class RidgeStatistics(nn.Module):
         if int(info) != 0:
             msg = "The Ridge system is not positive definite (the features are numerically degenerate). Increase alpha."
             raise ValueError(msg)
-        weight = torch.cholesky_solve(cross, factor)
-        bias = mean_y - weight.T @ mean_x
-        return weight, bias
+        return torch.cholesky_solve(cross, factor), cross, mean_x, mean_y
+
+    @torch.no_grad()
+    def solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(W, b)`` in float64 minimising ``sum ||y - W^T x - b||^2 + alpha ||W||^2``.
+
+        The intercept is not penalised: the problem is solved on centred data, with
+        ``(X_c^T X_c + alpha I) W = X_c^T Y_c`` by Cholesky, then ``b = mean_y - W^T mean_x``.
+        """
+        weight, _, mean_x, mean_y = self._centred_solve(alpha)
+        return weight, mean_y - weight.T @ mean_x
+
+    @torch.no_grad()
+    def solve_reduced_rank(self, alpha: float, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(A, V, b)`` in float64 with ``W = A V^T`` the best Ridge map of rank ``rank``.
+
+        ``A`` is ``(D_in, rank)`` and ``V`` ``(D_out, rank)`` with orthonormal columns, so a
+        prediction ``V (A^T x) + b`` costs ``rank (D_in + D_out)`` multiplications instead of
+        ``D_in D_out``. Minimising the Ridge objective under a rank constraint projects the full
+        solution onto the leading eigenvectors of ``W^T (X_c^T X_c + alpha I) W`` (reduced-rank
+        Ridge regression); that matrix equals ``W^T X_c^T Y_c``, which needs no second product
+        with the large Gram matrix.
+        """
+        weight, cross, mean_x, mean_y = self._centred_solve(alpha)
+        out_features = weight.shape[1]
+        if not 0 < rank < out_features:
+            msg = f"rank must be between 1 and {out_features - 1} (below the {out_features} targets), got {rank}."
+            raise ValueError(msg)
+        response = weight.T @ cross
+        _, eigenvectors = torch.linalg.eigh((response + response.T) / 2)
+        basis = eigenvectors[:, -rank:].flip(-1)
+        reduced = weight @ basis
+        return reduced, basis, mean_y - basis @ (reduced.T @ mean_x)

@@ -8,7 +8,10 @@ normal images. Normal texture is predictable, defects are not, so the pixel scor
 
 Predicting from the 3x3 neighbourhood with ``W`` is a 3x3 convolution whose kernel is ``W``
 reshaped, so inference is one convolution after the backbone: no loops, no data-dependent
-control flow, and nothing to export but a fixed-size weight.
+control flow, and nothing to export but a fixed-size weight. With ``rank`` set, ``W`` is the best
+Ridge map of that rank, factored into a 3x3 convolution to ``rank`` channels and a 1x1 convolution
+back to the deep layer's: with wide_resnet50_2 (4,608 -> 1,024) and rank 256 the head costs 3.3x
+fewer multiplications.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ class FeatureRidgeModel(nn.Module):
         backbone_weights: Local timm state dict; overrides ``pre_trained`` and needs no network.
         alpha: Ridge L2 penalty (> 0).
         sigma: Gaussian smoothing of the image-sized map in pixels; 0 switches it off.
+        rank: Rank of the Ridge map (``None``: full). Below the deep layer's channel count it
+            makes scoring cheaper, at the price of predicting only the deep features' leading
+            directions; must be smaller than that count.
         keep_statistics: Keep the sufficient statistics after fitting (needed by :meth:`update`).
     """
 
@@ -94,6 +100,7 @@ class FeatureRidgeModel(nn.Module):
         backbone_weights: str | Path | None = None,
         alpha: float = 1.0,
         sigma: float = 4.0,
+        rank: int | None = None,
         keep_statistics: bool = True,
     ) -> None:
         super().__init__()
@@ -110,6 +117,7 @@ class FeatureRidgeModel(nn.Module):
         self.backbone = backbone
         self.layers = layers
         self.alpha = float(alpha)
+        self.rank = rank
         self.keep_statistics = keep_statistics
         self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained, backbone_weights)
         in_channels, out_channels = self.feature_extractor.feature_info.channels()
@@ -117,12 +125,22 @@ class FeatureRidgeModel(nn.Module):
         if reductions[0] > reductions[1]:
             msg = f"The first layer must be the shallower one (finer grid); got strides {reductions} for {layers}."
             raise ValueError(msg)
+        if rank is not None and not 0 < rank < out_channels:
+            msg = (
+                f"rank must be between 1 and {out_channels - 1} (below the {out_channels} channels of "
+                f"{layers[1]!r}), or None for the full map; got {rank}."
+            )
+            raise ValueError(msg)
 
         self.statistics = RidgeStatistics()
-        self.register_buffer("weight", torch.zeros(out_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        head_channels = out_channels if rank is None else rank
+        self.register_buffer("weight", torch.zeros(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        # The low-rank map's 1x1 back-projection to the deep channels (orthonormal columns); None when full.
+        self.register_buffer("projection", None if rank is None else torch.zeros(out_channels, rank, 1, 1))
         self.register_buffer("bias", torch.zeros(out_channels))
         self.register_buffer("fitted", torch.tensor(False))
         self.weight: torch.Tensor
+        self.projection: torch.Tensor | None
         self.bias: torch.Tensor
         self.fitted: torch.Tensor
         self.blur = _gaussian_blur(sigma)
@@ -149,16 +167,20 @@ class FeatureRidgeModel(nn.Module):
         """Add a batch of normal images to the sufficient statistics (the model is not re-solved)."""
         shallow, deep = self.extract(images)
         inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, self.weight.shape[1] * 9)
-        targets = deep.permute(0, 2, 3, 1).reshape(-1, self.weight.shape[0])
+        targets = deep.permute(0, 2, 3, 1).reshape(-1, self.bias.shape[0])
         self.statistics.update(inputs, targets)
 
     @torch.no_grad()
     def fit(self) -> None:
         """Solve the Ridge map from the accumulated statistics, then drop them unless kept."""
-        weight, bias = self.statistics.solve(self.alpha)
-        out_channels, in_channels = self.weight.shape[:2]
-        # W is (9 C_in, C_out) with rows ordered c * 9 + k: transposed and reshaped, it is the conv kernel.
-        self.weight.copy_(weight.T.reshape(out_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        if self.projection is None:
+            weight, bias = self.statistics.solve(self.alpha)
+        else:
+            weight, basis, bias = self.statistics.solve_reduced_rank(self.alpha, self.projection.shape[1])
+            self.projection.copy_(basis[:, :, None, None])
+        head_channels, in_channels = self.weight.shape[:2]
+        # W is (9 C_in, C_head) with rows ordered c * 9 + k: transposed and reshaped, it is the conv kernel.
+        self.weight.copy_(weight.T.reshape(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
         self.bias.copy_(bias)
         self.fitted.fill_(True)
         if not self.keep_statistics:
@@ -190,7 +212,11 @@ class FeatureRidgeModel(nn.Module):
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Log squared prediction error on the shallow grid, ``(B, 1, h, w)``."""
         shallow, deep = self.extract(images)
-        predicted = F.conv2d(shallow, self.weight, self.bias, padding=NEIGHBOURHOOD // 2)
+        if self.projection is None:
+            predicted = F.conv2d(shallow, self.weight, self.bias, padding=NEIGHBOURHOOD // 2)
+        else:
+            reduced = F.conv2d(shallow, self.weight, padding=NEIGHBOURHOOD // 2)
+            predicted = F.conv2d(reduced, self.projection, self.bias)
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
