@@ -110,6 +110,12 @@ def test_statistics_survive_state_dict_round_trip() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _accumulated(x: torch.Tensor, y: torch.Tensor) -> RidgeStatistics:
+    stats = RidgeStatistics()
+    stats.update(x, y)
+    return stats
+
+
 def _ridge_objective(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, alpha: float) -> float:
     """``sum ||y - W^T x - b||^2 + alpha ||W||^2`` with the best unpenalised intercept for ``W``."""
     bias = y.mean(0) - weight.T @ x.mean(0)
@@ -119,8 +125,7 @@ def _ridge_objective(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, alp
 def test_reduced_rank_matches_the_projected_augmented_fit() -> None:
     x, y = _data(d_out=6)
     alpha, rank = 4.0, 3
-    stats = RidgeStatistics()
-    stats.update(x, y)
+    stats = _accumulated(x, y)
     reduced, basis, bias = stats.solve_reduced_rank(alpha, rank)
     # Reference from the raw rows: Ridge is least squares on [X_c; sqrt(alpha) I] -> [Y_c; 0], and the
     # best rank-r map projects its fitted values onto their leading r right singular vectors.
@@ -138,8 +143,7 @@ def test_reduced_rank_matches_the_projected_augmented_fit() -> None:
 def test_reduced_rank_beats_other_maps_of_that_rank() -> None:
     x, y = _data(d_out=6)
     alpha, rank = 1.0, 2
-    stats = RidgeStatistics()
-    stats.update(x, y)
+    stats = _accumulated(x, y)
     reduced, basis, _ = stats.solve_reduced_rank(alpha, rank)
     best = _ridge_objective(x, y, reduced @ basis.T, alpha)
     full, _ = stats.solve(alpha)
@@ -156,7 +160,6 @@ def test_reduced_rank_beats_other_maps_of_that_rank() -> None:
 @pytest.mark.parametrize("rank", [0, 5, 7])
 def test_reduced_rank_outside_one_to_targets_minus_one_is_refused(rank: int) -> None:
     x, y = _data()
-    stats = RidgeStatistics()
-    stats.update(x, y)
+    stats = _accumulated(x, y)
     with pytest.raises(ValueError, match=r"rank must be between 1 and 4"):
         stats.solve_reduced_rank(1.0, rank)
