@@ -327,3 +327,23 @@ def test_plot_series_name_the_settings_only_where_one_model_has_several():
         {"model": "Patchcore", "settings": "coreset=0.01"},
     ]
     assert [row["series"] for row in _with_series(rows)] == ["FeatureRidge", "FeatureRidge rank=16", "Patchcore"]
+
+
+def test_each_row_is_measured_from_the_same_seeded_random_state(synthetic_root, tmp_path, monkeypatch):
+    draws: list[float] = []
+
+    class DrawnError(Exception):
+        pass
+
+    def build_model_that_draws(*args, **kwargs):
+        draws.append(float(torch.rand(1)))
+        raise DrawnError
+
+    monkeypatch.setattr(benchmark, "build_model", build_model_that_draws)
+    args = benchmark.parse_args(["--root", str(synthetic_root), "--categories", "synthetic", *SMOKE])
+    setup = benchmark.setup_from(args)
+    for scramble in (1, 2):
+        torch.manual_seed(scramble)
+        with pytest.raises(DrawnError):
+            benchmark.measure("Patchcore", "full", "synthetic", None, args, setup)
+    assert draws[0] == draws[1]

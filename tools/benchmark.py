@@ -58,7 +58,7 @@ from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.engine import Engine
 from anomalib.models import list_models
 from anomalib.models.components import AnomalibModule
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.trainer.states import TrainerFn
 
 from anomalib_featureridge import FeatureRidge
@@ -339,6 +339,8 @@ def measure(
     name: str, mode: str, category: str, n_train: int | None, args: argparse.Namespace, setup: Setup
 ) -> dict[str, Any]:
     """Fit (and unless scaling, test) one model; time its inference; return one CSV row's figures."""
+    # Patchcore's coreset starts from a random patch: seeded, a row gives the same figures on every run.
+    seed_everything(setup.seed, workers=True, verbose=False)
     floor = floor_backbone(setup)
     model = build_model(name, setup, sum(floor.feature_info.channels()), n_train if mode == "few-shot" else None)
     datamodule = make_datamodule(args, category, setup.batch_size)
@@ -570,6 +572,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def setup_from(args: argparse.Namespace) -> Setup:
+    """What every model of this run shares, from the command line."""
+    return Setup(
+        backbone=args.backbone,
+        layers=tuple(args.layers),
+        weights=args.weights,
+        random_init=args.random_init,
+        coreset_ratio=args.patchcore_coreset_ratio,
+        ridge_rank=args.feature_ridge_rank,
+        clip_backbone=args.clip_backbone,
+        clip_pretrained=args.clip_pretrained,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every planned (model, mode, category, size), append each row, then write the report."""
     args = parse_args(argv)
@@ -577,20 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     csv_path = args.output / "results.csv"
     if not args.report_only:
         check_inputs(args)
-        setup = Setup(
-            backbone=args.backbone,
-            layers=tuple(args.layers),
-            weights=args.weights,
-            random_init=args.random_init,
-            coreset_ratio=args.patchcore_coreset_ratio,
-            ridge_rank=args.feature_ridge_rank,
-            clip_backbone=args.clip_backbone,
-            clip_pretrained=args.clip_pretrained,
-            batch_size=args.batch_size,
-            warmup=args.warmup,
-            repeats=args.repeats,
-            seed=args.seed,
-        )
+        setup = setup_from(args)
         run_all(args, setup, csv_path)
     from benchmark_report import write_report
 
