@@ -27,7 +27,7 @@ The figures in docs/benchmarks.md come from:
     python tools/benchmark.py --root ../shared/data --categories hazelnut_toy magnetic_tile \
         --backbone tf_efficientnet_lite2 --layers blocks.2 blocks.4 \
         --weights ../shared/weights/tf_efficientnet_lite2.pth --models FeatureRidge Patchcore Padim \
-        --patchcore-coreset-ratio 0.01 --scaling 25 50 100 200 400 --scaling-category magnetic_tile \
+        --patchcore-coreset-ratio 0.01 --scaling 25 50 100 200 --scaling-category magnetic_tile \
         --few-shot 1 2 4 8 16 --output results/benchmark
 """
 
