@@ -114,13 +114,21 @@ def model_class(name: str) -> type[AnomalibModule]:
     sys.exit(f"Model {name!r} is not registered with anomalib. Registered: {sorted(list_models('pascal'))}")
 
 
+# The run's model-specific options, by the keyword a model takes them as, and their label in a row.
+SETTING_LABELS = {"coreset_sampling_ratio": "coreset", "rank": "rank"}
+
+
+def model_settings(cls: type[AnomalibModule], setup: Setup) -> dict[str, Any]:
+    """The run's model-specific options that ``cls`` accepts: passed to it, and recorded in its rows."""
+    accepted = inspect.signature(cls.__init__).parameters
+    values = {"coreset_sampling_ratio": setup.coreset_ratio, "rank": setup.ridge_rank}
+    return {key: value for key, value in values.items() if key in accepted and value is not None}
+
+
 def settings_of(name: str, setup: Setup) -> str:
     """The model-specific settings recorded in each row (part of the row's identity for resuming)."""
-    if name.lower() == "patchcore":
-        return f"coreset={setup.coreset_ratio}"
-    if name.replace("_", "").lower() == "featureridge" and setup.ridge_rank is not None:
-        return f"rank={setup.ridge_rank}"
-    return ""
+    settings = model_settings(model_class(name), setup)
+    return " ".join(f"{SETTING_LABELS[key]}={value}" for key, value in settings.items())
 
 
 def build_model(name: str, setup: Setup, floor_channels: int, k_shot: int | None = None) -> AnomalibModule:
@@ -144,10 +152,7 @@ def build_model(name: str, setup: Setup, floor_channels: int, k_shot: int | None
     if "backbone_weights" in accepted:
         options["backbone_weights"] = setup.weights
         options["pre_trained"] = setup.weights is not None or not setup.random_init
-    if "coreset_sampling_ratio" in accepted:
-        options["coreset_sampling_ratio"] = setup.coreset_ratio
-    if "rank" in accepted and setup.ridge_rank is not None:
-        options["rank"] = setup.ridge_rank
+    options |= model_settings(cls, setup)
     if "n_features" in accepted:
         # anomalib's Padim only knows a default for resnet18 and wide_resnet50_2; elsewhere keep every channel.
         from anomalib.models.image.padim.torch_model import _N_FEATURES_DEFAULTS
