@@ -8,12 +8,41 @@ added later without revisiting the old ones.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 # Rows of X per chunk while accumulating: bounds the float64 working set to about 64 MiB per
 # 1000 input channels, whatever the batch or image size.
 _ROWS_PER_CHUNK = 8192
+
+
+def check_alpha(alpha: float) -> float:
+    """The Ridge penalty as a float, refused unless finite and > 0 (it keeps the system positive definite)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha <= 0:
+        msg = f"alpha must be > 0 and finite (it keeps the Ridge system positive definite), got {alpha!r}."
+        raise ValueError(msg)
+    return float(alpha)
+
+
+def check_rank(rank: int, out_features: int, targets: str = "targets", hint: str = "") -> int:
+    """A reduced rank, refused unless an integer below the number of ``targets`` (at or above it is the full map)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank < out_features:
+        msg = f"rank must be between 1 and {out_features - 1} (below the {out_features} {targets}){hint}, got {rank!r}."
+        raise ValueError(msg)
+    return rank
+
+
+class RidgeMoments(NamedTuple):
+    """Sums over rows that add across batches, processes and machines: the content of :class:`RidgeStatistics`."""
+
+    count: torch.Tensor
+    sum_x: torch.Tensor
+    sum_y: torch.Tensor
+    xtx: torch.Tensor
+    xty: torch.Tensor
 
 
 class RidgeStatistics(nn.Module):
@@ -101,23 +130,44 @@ class RidgeStatistics(nn.Module):
             self.xtx.addmm_(x.T, x)
             self.xty.addmm_(x.T, y)
 
-    def merge(self, other: RidgeStatistics) -> None:
-        """Add another set of statistics (for example from another worker) to this one."""
-        if other.is_empty:
+    def moments(self) -> RidgeMoments:
+        """The statistics' tensors (not copies)."""
+        return RidgeMoments(self.count, self.sum_x, self.sum_y, self.xtx, self.xty)
+
+    @torch.no_grad()
+    def add(self, moments: RidgeMoments) -> None:
+        """Add sums accumulated elsewhere (another batch layout, process or machine) to these statistics."""
+        if float(moments.count) == 0.0:
             return
         if self.xtx.numel() == 0:
-            self._allocate(other.sum_x.shape[0], other.sum_y.shape[0], self.count.device)
-        self.count += other.count.to(self.count.device)
-        for name in ("sum_x", "sum_y", "xtx", "xty"):
-            getattr(self, name).add_(getattr(other, name).to(self.count.device))
+            self._allocate(moments.sum_x.shape[0], moments.sum_y.shape[0], self.count.device)
+        if moments.xty.shape != self.xty.shape:
+            msg = (
+                f"Feature sizes {tuple(moments.xty.shape)} do not match the accumulated statistics "
+                f"{tuple(self.xty.shape)}."
+            )
+            raise ValueError(msg)
+        for total, value in zip(self.moments(), moments, strict=True):
+            total.add_(value.to(device=total.device, dtype=torch.float64))
+
+    def merge(self, other: RidgeStatistics) -> None:
+        """Add another set of statistics (for example from another worker) to this one."""
+        if not other.is_empty:
+            self.add(other.moments())
+
+    def combined_with(self, moments: RidgeMoments) -> RidgeStatistics:
+        """A copy of these statistics plus ``moments``, leaving these untouched until the copy is known good."""
+        combined = RidgeStatistics().to(self.count.device)
+        if not self.is_empty:
+            combined.add(self.moments())
+        combined.add(moments)
+        return combined
 
     def _centred_solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Solve ``(X_c^T X_c + alpha I) W = X_c^T Y_c``; return ``W``, ``X_c^T Y_c`` and the two means."""
+        alpha = check_alpha(alpha)
         if self.is_empty:
             msg = "No training features were accumulated: the training set is empty."
-            raise ValueError(msg)
-        if alpha <= 0:
-            msg = f"alpha must be > 0 (it keeps the system positive definite), got {alpha}."
             raise ValueError(msg)
         mean_x = self.sum_x / self.count
         mean_y = self.sum_y / self.count
@@ -152,10 +202,7 @@ class RidgeStatistics(nn.Module):
         with the large Gram matrix.
         """
         weight, cross, mean_x, mean_y = self._centred_solve(alpha)
-        out_features = weight.shape[1]
-        if not 0 < rank < out_features:
-            msg = f"rank must be between 1 and {out_features - 1} (below the {out_features} targets), got {rank}."
-            raise ValueError(msg)
+        check_rank(rank, weight.shape[1])
         response = weight.T @ cross
         _, eigenvectors = torch.linalg.eigh((response + response.T) / 2)
         basis = eigenvectors[:, -rank:].flip(-1)

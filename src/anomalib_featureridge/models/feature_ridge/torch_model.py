@@ -16,7 +16,9 @@ fewer multiplications.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -26,7 +28,11 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_featureridge.backbone import create_feature_extractor
 
-from .ridge import RidgeStatistics
+from .neighbourhood import NeighbourhoodMoments
+from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank
+
+# Combines one process's pending statistics and row fingerprints with the other processes' ones.
+Reduction = Callable[[RidgeMoments | None, set[float]], tuple[RidgeMoments | None, set[float]]]
 
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
@@ -108,15 +114,15 @@ class FeatureRidgeModel(nn.Module):
         if len(layers) != 2:
             msg = f"FeatureRidge needs exactly two layers, [shallow, deep]; got {layers}."
             raise ValueError(msg)
-        if alpha <= 0:
-            msg = f"alpha must be > 0, got {alpha}."
+        if layers[0] == layers[1]:
+            msg = f"FeatureRidge needs two different layers, [shallow, deep]; got {layers[0]!r} twice."
             raise ValueError(msg)
-        if sigma < 0:
-            msg = f"sigma must be >= 0, got {sigma}."
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
+            msg = f"sigma must be >= 0 and finite (0 switches smoothing off), got {sigma!r}."
             raise ValueError(msg)
         self.backbone = backbone
         self.layers = layers
-        self.alpha = float(alpha)
+        self.alpha = check_alpha(alpha)
         self.rank = rank
         self.keep_statistics = keep_statistics
         self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained, backbone_weights)
@@ -125,14 +131,12 @@ class FeatureRidgeModel(nn.Module):
         if reductions[0] > reductions[1]:
             msg = f"The first layer must be the shallower one (finer grid); got strides {reductions} for {layers}."
             raise ValueError(msg)
-        if rank is not None and not 0 < rank < out_channels:
-            msg = (
-                f"rank must be between 1 and {out_channels - 1} (below the {out_channels} channels of "
-                f"{layers[1]!r}), or None for the full map; got {rank}."
-            )
-            raise ValueError(msg)
+        if rank is not None:
+            check_rank(rank, out_channels, targets=f"channels of {layers[1]!r}", hint=", or None for the full map")
 
         self.statistics = RidgeStatistics()
+        # Rows of the fit in progress: committed to ``statistics`` only by a successful :meth:`fit`.
+        self.pending = NeighbourhoodMoments()
         head_channels = out_channels if rank is None else rank
         self.register_buffer("weight", torch.zeros(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
         # The low-rank map's 1x1 back-projection to the deep channels (orthonormal columns); None when full.
@@ -153,6 +157,11 @@ class FeatureRidgeModel(nn.Module):
 
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the shallow map and the deep map upsampled to the shallow grid."""
+        shallow, deep = self.backbone_maps(images)
+        return shallow, upsample_to(deep, shallow)
+
+    def backbone_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the shallow and the deep map, each on its own grid."""
         if images.ndim != 4 or images.shape[1] not in {1, 3}:
             msg = f"Expected images of shape (B, 3, H, W) (or (B, 1, H, W) grayscale), got {tuple(images.shape)}."
             raise ValueError(msg)
@@ -160,24 +169,41 @@ class FeatureRidgeModel(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         with torch.no_grad():
             shallow, deep = self.feature_extractor(images)
-        return shallow, upsample_to(deep, shallow)
+        return shallow, deep
 
     @torch.no_grad()
     def accumulate(self, images: torch.Tensor) -> None:
-        """Add a batch of normal images to the sufficient statistics (the model is not re-solved)."""
-        shallow, deep = self.extract(images)
-        inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, self.weight.shape[1] * 9)
-        targets = deep.permute(0, 2, 3, 1).reshape(-1, self.bias.shape[0])
-        self.statistics.update(inputs, targets)
+        """Add a batch of normal images to the pending statistics; :meth:`fit` commits them and re-solves."""
+        self.pending.add(*self.backbone_maps(images))
+
+    def discard_pending(self) -> bool:
+        """Forget the rows accumulated since the last fit (an unfinished fit); True if there were any."""
+        discarded = not self.pending.is_empty
+        self.pending = NeighbourhoodMoments()
+        return discarded
 
     @torch.no_grad()
-    def fit(self) -> None:
-        """Solve the Ridge map from the accumulated statistics, then drop them unless kept."""
+    def fit(self, reduce: Reduction | None = None) -> None:
+        """Add the pending rows to the statistics and solve the Ridge map, all or nothing.
+
+        ``reduce`` combines the pending rows with other processes' (a distributed fit). The
+        statistics, the map and ``fitted`` change only when the solve succeeds; the pending rows
+        are used up either way, so a failed fit is never counted twice.
+        """
+        pending, self.pending = self.pending, NeighbourhoodMoments()
+        moments = None if pending.is_empty else pending.moments()
+        distinct = pending.distinct
+        if reduce is not None:
+            moments, distinct = reduce(moments, distinct)
+        statistics = self.statistics if moments is None else self.statistics.combined_with(moments)
+        if self.statistics.is_empty and moments is not None:
+            self._warn_if_degenerate(float(moments.count), len(distinct))
         if self.projection is None:
-            weight, bias = self.statistics.solve(self.alpha)
+            weight, bias = statistics.solve(self.alpha)
         else:
-            weight, basis, bias = self.statistics.solve_reduced_rank(self.alpha, self.projection.shape[1])
+            weight, basis, bias = statistics.solve_reduced_rank(self.alpha, self.projection.shape[1])
             self.projection.copy_(basis[:, :, None, None])
+        self.statistics = statistics
         head_channels, in_channels = self.weight.shape[:2]
         # W is (9 C_in, C_head) with rows ordered c * 9 + k: transposed and reshaped, it is the conv kernel.
         self.weight.copy_(weight.T.reshape(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
@@ -185,6 +211,20 @@ class FeatureRidgeModel(nn.Module):
         self.fitted.fill_(True)
         if not self.keep_statistics:
             self.statistics.clear()
+
+    def _warn_if_degenerate(self, rows: float, distinct: int) -> None:
+        """Warn when the training rows cannot determine the map: fewer distinct ones than inputs."""
+        inputs = self.weight.shape[1] * NEIGHBOURHOOD**2
+        if distinct >= inputs:
+            return
+        repeats = " Most of them repeat (identical or blank images?)." if distinct <= rows / 2 else ""
+        msg = (
+            f"FeatureRidge was fitted on {int(rows)} feature vectors of which only {distinct} are distinct, "
+            f"fewer than the {inputs} inputs per vector: the Ridge map is under-determined and alpha, not the "
+            f"images, fixes much of it, so scores can be unreliable.{repeats} Train on more, and more varied, "
+            "normal images."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=4)
 
     def require_statistics(self) -> None:
         """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost."""
