@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,13 @@ from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.visualization import Visualizer
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
 from ..common import ScoringModelMixin, SingleFileOnnxMixin
+from . import distributed
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -96,6 +102,8 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
             rank=rank,
             keep_statistics=keep_statistics,
         )
+        # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
+        self._seen = 0
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> FeatureRidge:  # noqa: ANN002, ANN003
@@ -140,6 +148,25 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
                 f"is empty. Check the dataset root, the category and its train/good folder."
             )
             raise ValueError(msg)
+        if distributed.world_size() > 1:
+            self._setup_distributed(stage)
+
+    def _setup_distributed(self, stage: str) -> None:
+        """Data-parallel fits run on DDP without its gradient wrapper: same weights at the start, one all-reduce."""
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, DDPStrategy):
+            msg = (
+                f"FeatureRidge fits on several devices with Lightning's DDP strategies (ddp, ddp_spawn, torchrun, "
+                f"SLURM), not with {type(strategy).__name__}: pass --trainer.strategy ddp."
+            )
+            raise ValueError(msg)
+        if stage == "fit":
+            # DistributedDataParallel refuses a module with no trainable parameter; nothing here has gradients.
+            strategy.configure_ddp = partial(
+                distributed.synchronise,
+                self.model,
+                {"model": type(self).__name__, **self._feature_geometry(), "alpha": self.model.alpha},
+            )
 
     def on_train_start(self) -> None:
         """Fitting a fitted model adds the new images to its statistics (an incremental update) and re-solves."""
@@ -151,16 +178,71 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
             )
             self._is_fitted = torch.tensor([False], device=self.device)
 
+    def on_train_epoch_start(self) -> None:
+        """A fit starts clean: rows left pending by an interrupted or failed fit are dropped, never counted twice."""
+        if self.model.discard_pending():
+            logger.warning("Dropped the statistics of an unfinished fit: this fit starts from the last completed one.")
+        self._seen = 0
+
+    def _unpadded_size(self, batch: Batch, loader: Any) -> int:
+        """How many of the batch's images come before the repeats a distributed sampler adds to even out shards."""
+        keep = distributed.unpadded(loader, self._seen, len(batch.image))
+        self._seen += len(batch.image)
+        return keep
+
+    @staticmethod
+    def _truncate(batch: Batch, size: int) -> Batch:
+        """Keep the batch's first ``size`` images and their fields, in place (callbacks read this object)."""
+        values = {field.name: getattr(batch, field.name) for field in fields(batch)}
+        return batch.update(**{name: value[:size] for name, value in values.items() if value is not None})
+
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
-        """Accumulate the batch's features into the Ridge statistics."""
+        """Accumulate the batch's features into the pending Ridge statistics (each training image once)."""
         del args, kwargs
-        self.model.accumulate(batch.image)
+        keep = self._unpadded_size(batch, self.trainer.train_dataloader)
+        if keep:
+            self.model.accumulate(batch.image[:keep])
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
+    def on_validation_epoch_start(self) -> None:
+        """Count the shard's samples from the start, to tell the sampler's repeats."""
+        self._seen = 0
+
+    def on_test_epoch_start(self) -> None:
+        """Count the shard's samples from the start, to tell the sampler's repeats."""
+        self._seen = 0
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Score a batch; across processes, each image once, so that the metrics equal one device's."""
+        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
+        keep = self._unpadded_size(batch, loader)
+        outputs = super().validation_step(batch, batch_idx, dataloader_idx)
+        if keep == len(batch.image):
+            return outputs
+        if keep:
+            return self._truncate(batch, keep)
+        # Only repeats: the metrics, which read the batch, get no image; the post-processor, which reads
+        # the returned copy, sees scores it has already seen, which leave its min-max normalisation as is.
+        outputs = batch.update(in_place=False)
+        self._truncate(batch, 0)
+        return outputs
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Score a test batch like a validation batch (each image once across processes)."""
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
     def fit(self) -> None:
-        """Solve the Ridge map once the training epoch has been seen."""
-        logger.info("Solving the Ridge map from %d feature vectors.", int(self.model.statistics.count))
-        self.model.fit()
+        """Solve the Ridge map once the training epoch has been seen, from every process's rows.
+
+        Called by the hooks that end a training epoch. Outside a fit (a ``validate`` after an
+        interrupted fit) the rows of the unfinished fit are dropped, not committed.
+        """
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            self.model.discard_pending()
+        reduce = partial(distributed.all_reduce, device=self.device) if distributed.world_size() > 1 else None
+        self.model.fit(reduce)
+        logger.info("Solved the Ridge map from %d feature vectors.", int(self.model.statistics.count))
 
     def _require_fitted(self) -> None:
         if not bool(self.model.fitted):
@@ -185,8 +267,8 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """One pass over the data, no sanity validation, one device (the statistics live on one)."""
-        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
+        """One pass over the data, no sanity validation; any number of devices (the statistics add up exactly)."""
+        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0}
 
     @property
     def learning_type(self) -> LearningType:

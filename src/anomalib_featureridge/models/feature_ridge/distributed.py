@@ -1,0 +1,102 @@
+"""What an exact fit made of sums needs from Lightning's data-parallel strategies (ddp, ddp_spawn, torchrun, SLURM).
+
+Each process sums the statistics of its shard; one float64 all-reduce when the epoch ends gives
+every process the sums of the whole training set, so every process solves the same map as one
+device would. Two things stand in the way, and are handled here:
+
+- Lightning's ``DistributedSampler`` makes the shards equal by repeating up to ``world - 1``
+  images at the end of the shards. Repeated rows would be counted twice, so each process keeps
+  only the samples of its shard that are not padding (:func:`unpadded`). The padding is always the
+  tail of a shard: the sampler appends it to the global index list before dealing it out.
+- ``DistributedDataParallel`` refuses a module without trainable parameters, and there are no
+  gradients to average anyway: the processes only need the same weights at the start
+  (:func:`synchronise`) and the all-reduce at the end (:func:`all_reduce`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from .ridge import RidgeMoments
+
+
+def world_size() -> int:
+    """The number of processes of the job (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def unpadded(loader: Any, seen: int, size: int) -> int:
+    """How many of the next ``size`` samples, after ``seen`` of this process's shard, are not sampler padding."""
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return size
+    # Shard r holds the global positions r, r + world, ...; positions past the data set are repeats.
+    genuine = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
+    return max(0, min(size, genuine - seen))
+
+
+def _gather(value: object) -> list[object]:
+    values: list[object] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:
+    """Refuse processes configured differently, naming them; then give every process rank 0's weights."""
+    everyone = _gather(settings)
+    differing = [rank for rank, other in enumerate(everyone) if other != everyone[0]]
+    if differing:
+        msg = (
+            f"The processes of this distributed fit are configured differently: rank 0 has {everyone[0]}, "
+            f"rank {differing[0]} has {everyone[differing[0]]}. Start every process with the same model settings."
+        )
+        raise ValueError(msg)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not name.startswith("statistics.") and tensor.numel():
+                dist.broadcast(tensor, src=0)
+
+
+def all_reduce(
+    moments: RidgeMoments | None, distinct: set[float], device: torch.device
+) -> tuple[RidgeMoments | None, set[float]]:
+    """Sum every process's statistics in float64 (in place) and join their row fingerprints.
+
+    A process that saw no image contributes zeros. Statistics of different sizes (processes
+    running different backbones or layers) are refused, naming two of them.
+    """
+    shapes = _gather(None if moments is None else tuple(moments.xty.shape))
+    sizes = {rank: shape for rank, shape in enumerate(shapes) if shape is not None}
+    if not sizes:
+        msg = "No process of this distributed fit saw a training image: the training set is empty."
+        raise ValueError(msg)
+    (first, first_shape), *others = sizes.items()
+    for rank, shape in others:
+        if shape != first_shape:
+            msg = (
+                f"The processes' statistics differ in size: rank {first} has {first_shape[0]} inputs and "
+                f"{first_shape[1]} targets, rank {rank} has {shape[0]} and {shape[1]}. Every process must use "
+                "the same backbone and layers."
+            )
+            raise ValueError(msg)
+    if moments is None:
+        inputs, targets = first_shape
+        zeros = (
+            torch.zeros((), dtype=torch.float64, device=device),
+            torch.zeros(inputs, dtype=torch.float64, device=device),
+            torch.zeros(targets, dtype=torch.float64, device=device),
+            torch.zeros(inputs, inputs, dtype=torch.float64, device=device),
+            torch.zeros(inputs, targets, dtype=torch.float64, device=device),
+        )
+        moments = RidgeMoments(*zeros)
+    for tensor in moments:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    joined: set[float] = set()
+    for fingerprints in _gather(sorted(distinct)):
+        joined.update(fingerprints)
+    return moments, joined

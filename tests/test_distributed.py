@@ -1,0 +1,116 @@
+"""A FeatureRidge fit on two CPU processes (Lightning ddp_spawn, gloo) equals a one-process fit.
+
+The training and the test set have odd sizes, so Lightning's DistributedSampler repeats an image
+at the end of one shard, and the evaluation batch size makes one shard's last batch a lone
+repeat: both must be left out for the counts and the metrics to be exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.data.datasets import MVTecADDataset
+from anomalib.engine import Engine
+from anomalib.metrics import AUPRO, AUROC, Evaluator
+from conftest import SMALL_BACKBONE, SMALL_LAYERS
+
+from anomalib_featureridge import FeatureRidge
+from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
+
+TRAIN_IMAGES = 7
+IMAGE_SIZE = (64, 64)
+
+
+def _evaluator() -> Evaluator:
+    metrics = [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+    ]
+    return Evaluator(val_metrics=metrics, test_metrics=[metric.clone() for metric in metrics])
+
+
+def _model() -> FeatureRidge:
+    torch.manual_seed(0)
+    return FeatureRidge(
+        backbone=SMALL_BACKBONE,
+        layers=list(SMALL_LAYERS),
+        pre_trained=False,
+        visualizer=False,
+        evaluator=_evaluator(),
+        pre_processor=FeatureRidge.configure_pre_processor(image_size=IMAGE_SIZE),
+    )
+
+
+@pytest.fixture(scope="module")
+def odd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("odd")
+    make_synthetic_dataset(
+        root, spec=SyntheticSpec(image_size=64, n_train=TRAIN_IMAGES, n_test_good=2, n_test_per_defect=1)
+    )
+    return root
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    test_images = len(list((root / "synthetic" / "test").rglob("*.png")))
+    assert test_images % 2 == 1
+    # Each shard holds ceil(n / 2) images; one fewer per batch leaves a lone image (a repeat on rank 1) last.
+    eval_batch = (test_images + 1) // 2 - 1
+    return MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=eval_batch, num_workers=0)
+
+
+def _fit(root: Path, workdir: Path, devices: int) -> tuple[FeatureRidge, Engine]:
+    model = _model()
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    engine = Engine(
+        default_root_dir=workdir,
+        logger=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+    )
+    engine.fit(model=model, datamodule=_datamodule(root))
+    return model, engine
+
+
+def test_two_processes_fit_the_same_model_as_one(odd_root: Path, tmp_path: Path) -> None:
+    single, single_engine = _fit(odd_root, tmp_path / "one", devices=1)
+    double, double_engine = _fit(odd_root, tmp_path / "two", devices=2)
+    grid = (IMAGE_SIZE[0] // 8) * (IMAGE_SIZE[1] // 8)
+    assert float(single.model.statistics.count) == TRAIN_IMAGES * grid
+    assert float(double.model.statistics.count) == TRAIN_IMAGES * grid
+    for name in ("sum_x", "sum_y", "xtx", "xty"):
+        expected = getattr(single.model.statistics, name)
+        torch.testing.assert_close(getattr(double.model.statistics, name), expected, rtol=1e-12, atol=1e-9)
+    for got, expected in zip(double.model.statistics.solve(1.0), single.model.statistics.solve(1.0), strict=True):
+        assert float((got - expected).abs().max() / expected.abs().max()) < 1e-9
+    # The validation metrics, computed across both processes, equal one process's.
+    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        got, expected = double_engine.trainer.callback_metrics[metric], single_engine.trainer.callback_metrics[metric]
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+    # The checkpoint rank 0 wrote loads and scores like the model fitted on one process.
+    checkpoint = double_engine.trainer.checkpoint_callback.best_model_path
+    restored = FeatureRidge.load_from_checkpoint(checkpoint, map_location="cpu", evaluator=_evaluator()).eval()
+    images = torch.rand(2, 3, *IMAGE_SIZE)
+    single.eval()
+    torch.testing.assert_close(
+        restored.model(images).anomaly_map, single.model(images).anomaly_map, rtol=1e-5, atol=1e-5
+    )
+    assert float(restored.model.statistics.count) == TRAIN_IMAGES * grid
+
+    # An update after the distributed fit equals a full refit on all images.
+    extra = torch.rand(3, 3, *IMAGE_SIZE)
+    restored.model.update(extra)
+    dataset = MVTecADDataset(root=odd_root, category="synthetic", split="train")
+    training = torch.stack([dataset[index].image for index in range(len(dataset))])
+    refit = _model().model
+    refit.accumulate(single.pre_processor.transform(training))
+    refit.update(extra)
+    assert float(restored.model.statistics.count) == float(refit.statistics.count)
+    for got, expected in zip(restored.model.statistics.solve(1.0), refit.statistics.solve(1.0), strict=True):
+        assert float((got - expected).abs().max() / expected.abs().max()) < 1e-9
