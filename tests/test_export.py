@@ -17,8 +17,13 @@ from PIL import Image
 
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.deploy import map_to_original_size, predict_folder
+from anomalib_featureridge.deploy.precision import compile_openvino, compiled_precision, cpu_supports, openvino_config
+from anomalib_featureridge.deploy.predict import load_inferencer
 
 TOLERANCE = 1e-4
+# What the docs tell users of anomalib's own inferencer to pass: OpenVINO computes in bfloat16 on CPUs with
+# AVX-512 BF16 or AMX otherwise, and the exported file cannot change that.
+EXACT_OPENVINO = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def test_onnx_runtime_matches_torch_for_any_batch_size(exported: dict) -> None:
 
 def test_openvino_inferencer_matches_torch(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # anomalib's OpenVINOInferencer writes ./openvino_cache
-    inferencer = OpenVINOInferencer(path=exported["paths"]["openvino"], device="CPU")
+    inferencer = OpenVINOInferencer(path=exported["paths"]["openvino"], device="CPU", config=EXACT_OPENVINO)
     for path in exported["images"]:
         prediction = inferencer.predict(path)
         _assert_parity(
@@ -84,6 +89,36 @@ def test_openvino_inferencer_matches_torch(exported: dict, tmp_path: Path, monke
                 "pred_label": prediction.pred_label,
             },
         )
+
+
+def test_every_openvino_compile_here_runs_in_f32(
+    exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the runtime chose, not what was asked: on a CPU with bfloat16 the default would be bf16."""
+    monkeypatch.chdir(tmp_path)
+    assert openvino_config() == EXACT_OPENVINO, "the docs' config for OpenVINOInferencer is the package's rule"
+    compiled = {
+        "compile_openvino (tools)": compile_openvino(exported["paths"]["openvino"]),
+        "predict, model.xml": load_inferencer(exported["paths"]["openvino"]).model,
+        "predict, model.onnx": load_inferencer(exported["paths"]["onnx"]).model,
+    }
+    assert {path: compiled_precision(model) for path, model in compiled.items()} == dict.fromkeys(compiled, "f32")
+
+
+def test_bf16_is_an_opt_in(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    faster = load_inferencer(exported["paths"]["openvino"], precision="bf16").model
+    assert compiled_precision(faster) == ("bf16" if cpu_supports("bf16") else "f32")
+    with pytest.raises(ValueError, match="Unknown OpenVINO precision 'fp8'; choose from f32, bf16"):
+        openvino_config("fp8")
+
+
+def test_openvino_export_says_the_precision_is_set_at_compile_time(
+    exported: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        exported["model"].to_openvino(tmp_path)
+    assert "config={'INFERENCE_PRECISION_HINT': 'f32'}" in caplog.text
 
 
 def test_torch_inferencer_matches_checkpoint(exported: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,8 @@ from PIL import Image
 from torch.nn import functional as F  # noqa: N812
 from tqdm import tqdm
 
+from .precision import EXACT, openvino_config
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -52,13 +54,13 @@ def map_to_original_size(anomaly_map: np.ndarray, height: int, width: int) -> np
     return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def load_inferencer(model_path: Path) -> OpenVINOInferencer | TorchInferencer:
-    """Anomalib's inferencer for an export: OpenVINO for ``.xml``/``.onnx``, torch for ``.pt``."""
+def load_inferencer(model_path: Path, precision: str = EXACT) -> OpenVINOInferencer | TorchInferencer:
+    """Anomalib's inferencer for an export: OpenVINO for ``.xml``/``.onnx`` (at ``precision``), torch for ``.pt``."""
     if not model_path.is_file():
         msg = f"Exported model not found: {model_path}"
         raise FileNotFoundError(msg)
     if model_path.suffix in {".xml", ".onnx"}:
-        return OpenVINOInferencer(path=model_path, device="CPU")
+        return OpenVINOInferencer(path=model_path, device="CPU", config=openvino_config(precision))
     if model_path.suffix == ".pt":
         return TorchInferencer(path=model_path, device="auto")
     msg = f"Unsupported export {model_path.name}: use model.xml (OpenVINO), model.onnx or model.pt."

@@ -30,7 +30,7 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from ..common import ScoringModelMixin, SingleFileOnnxMixin
+from ..common import PreparedExportMixin, ScoringModelMixin
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["WinClipPlus"]
 
 
-class WinClipPlus(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModule):
+class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     """WinCLIP (zero-shot, ``k_shot=0``) and WinCLIP+ (few-shot) on any open_clip ViT.
 
     Args:
@@ -124,7 +124,7 @@ class WinClipPlus(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModule):
         self._prepare()
 
     def export_context(self) -> AbstractContextManager:
-        """A zero-shot model can be exported without any data: the anchors are built here if needed."""
+        """Every export first builds what ``setup`` would (anchors, references): no run is needed before it."""
         self._prepare()
         return nullcontext()
 
