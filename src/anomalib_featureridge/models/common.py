@@ -12,6 +12,7 @@ from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from ..data.images import refuse_high_bit_depth
 from ..deploy.precision import UNPINNED_PRECISION_WARNING
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ class ScoringModelMixin:
 
     Put it before ``AnomalibModule`` in the bases; ``self.model`` must return an ``InferenceBatch``.
     """
+
+    def setup(self, stage: str) -> None:
+        """Refuse 16-bit grayscale dataset files before anomalib's reader clips them to white frames."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        refuse_high_bit_depth(getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
+        super().setup(stage)
 
     @staticmethod
     def configure_optimizers() -> None:

@@ -30,6 +30,7 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
+from ...data.images import refuse_high_bit_depth
 from ..common import PreparedExportMixin, ScoringModelMixin
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
@@ -149,6 +150,7 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """``k_shot`` pre-processed normal images: from ``few_shot_source`` or the training set."""
         if self.few_shot_source is not None:
             dataset = PredictDataset(self.few_shot_source)
+            refuse_high_bit_depth([dataset])
             source = f"the folder {self.few_shot_source}"
         else:
             dataset = getattr(getattr(self._trainer, "datamodule", None), "train_data", None)
