@@ -5,12 +5,16 @@ the three runtimes are timed in interleaved rounds on the same pre-loaded images
 exported graph: pre-processing, model, post-processing), so machine noise hits all of them alike.
 The batch is 1 image, or the fixed batch size an export insists on (anomalib's Patchcore ONNX
 graph comes out with a static batch of 2); latency is per image. Figures are medians, and ratios
-are against the first model in torch eager from the same run.
+are against the first model in torch eager from the same run. OpenVINO compiles in f32 (the
+package's rule, deploy/precision.py); ``--openvino-precisions f32 bf16`` times bf16 beside it.
 
 Example (the figures in docs/deployment.md):
     python tools/benchmark_export.py --root ../shared/data --category hazelnut_toy \
         --backbone tf_efficientnet_lite2 --layers blocks.2 blocks.4 \
         --weights ../shared/weights/tf_efficientnet_lite2.pth --models FeatureRidge Patchcore
+    python tools/benchmark_export.py --root ../shared/data --category hazelnut_toy \
+        --backbone tf_efficientnet_lite2 --layers blocks.2 blocks.4 \
+        --weights ../shared/weights/tf_efficientnet_lite2.pth --models FeatureRidge --openvino-precisions f32 bf16
 """
 
 from __future__ import annotations
