@@ -1,8 +1,11 @@
 """Deployment: ONNX, OpenVINO and torch exports give the checkpoint's scores, and stay small."""
 
+import csv
+import shutil
 import subprocess
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime
@@ -17,8 +20,14 @@ from PIL import Image
 
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.deploy import map_to_original_size, predict_folder
+from anomalib_featureridge.deploy import predict as predict_module
+from anomalib_featureridge.deploy.precision import compile_openvino, compiled_precision, cpu_supports, openvino_config
+from anomalib_featureridge.deploy.predict import load_inferencer, predict_image
 
 TOLERANCE = 1e-4
+# What the docs tell users of anomalib's own inferencer to pass: OpenVINO computes in bfloat16 on CPUs with
+# AVX-512 BF16 or AMX otherwise, and the exported file cannot change that.
+EXACT_OPENVINO = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +82,7 @@ def test_onnx_runtime_matches_torch_for_any_batch_size(exported: dict) -> None:
 
 def test_openvino_inferencer_matches_torch(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # anomalib's OpenVINOInferencer writes ./openvino_cache
-    inferencer = OpenVINOInferencer(path=exported["paths"]["openvino"], device="CPU")
+    inferencer = OpenVINOInferencer(path=exported["paths"]["openvino"], device="CPU", config=EXACT_OPENVINO)
     for path in exported["images"]:
         prediction = inferencer.predict(path)
         _assert_parity(
@@ -84,6 +93,36 @@ def test_openvino_inferencer_matches_torch(exported: dict, tmp_path: Path, monke
                 "pred_label": prediction.pred_label,
             },
         )
+
+
+def test_every_openvino_compile_here_runs_in_f32(
+    exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the runtime chose, not what was asked: on a CPU with bfloat16 the default would be bf16."""
+    monkeypatch.chdir(tmp_path)
+    assert openvino_config() == EXACT_OPENVINO, "the docs' config for OpenVINOInferencer is the package's rule"
+    compiled = {
+        "compile_openvino (tools)": compile_openvino(exported["paths"]["openvino"]),
+        "predict, model.xml": load_inferencer(exported["paths"]["openvino"]).model,
+        "predict, model.onnx": load_inferencer(exported["paths"]["onnx"]).model,
+    }
+    assert {path: compiled_precision(model) for path, model in compiled.items()} == dict.fromkeys(compiled, "f32")
+
+
+def test_bf16_is_an_opt_in(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    faster = load_inferencer(exported["paths"]["openvino"], precision="bf16").model
+    assert compiled_precision(faster) == ("bf16" if cpu_supports("bf16") else "f32")
+    with pytest.raises(ValueError, match="Unknown OpenVINO precision 'fp8'; choose from f32, bf16"):
+        openvino_config("fp8")
+
+
+def test_openvino_export_says_the_precision_is_set_at_compile_time(
+    exported: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        exported["model"].to_openvino(tmp_path)
+    assert "config={'INFERENCE_PRECISION_HINT': 'f32'}" in caplog.text
 
 
 def test_torch_inferencer_matches_checkpoint(exported: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,24 +190,137 @@ def test_anomalib_export_command(exported: dict, tmp_path: Path) -> None:
     _assert_parity(_reference(exported["model"], exported["images"][:2]), candidate)
 
 
-def test_predict_folder_with_the_openvino_export(exported: dict, synthetic_root: Path, tmp_path: Path) -> None:
-    folder = synthetic_root / "synthetic" / "test" / "hole"
-    output = tmp_path / "out"
-    command = ["anomalib-featureridge", "predict", "--model", str(exported["paths"]["openvino"])]
-    result = subprocess.run(
-        [*command, "--input", str(folder), "--output", str(output)],
+def _predict_command(model: Path, folder: Path, output: Path, *options: str) -> subprocess.CompletedProcess:
+    paths = ["--model", str(model), "--input", str(folder), "--output", str(output)]
+    return subprocess.run(
+        ["anomalib-featureridge", "predict", *paths, *options],
         capture_output=True,
         text=True,
         check=False,
-        cwd=tmp_path,  # anomalib's OpenVINOInferencer writes ./openvino_cache
+        cwd=output.parent,  # anomalib's OpenVINOInferencer writes ./openvino_cache
     )
+
+
+def _rows(output: Path) -> dict[str, dict[str, str]]:
+    with (output / "predictions.csv").open(newline="") as handle:
+        return {row["image"]: row for row in csv.DictReader(handle)}
+
+
+def test_predict_folder_with_the_openvino_export(exported: dict, synthetic_root: Path, tmp_path: Path) -> None:
+    """Sub-folders are searched; each overlay is at the image's size and carries its score and label."""
+    folder = synthetic_root / "synthetic" / "test"
+    output = tmp_path / "out"
+    result = _predict_command(exported["paths"]["openvino"], folder, output)
     assert result.returncode == 0, result.stderr[-3000:]
-    images = sorted(folder.glob("*.png"))
-    overlays = sorted(output.glob("*.png"))
-    assert [path.name for path in overlays] == [path.name for path in images]
-    assert Image.open(overlays[0]).size == Image.open(images[0]).size
-    rows = (output / "predictions.csv").read_text().splitlines()
-    assert len(rows) == len(images) + 1
+    images = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.png"))
+    assert len({name.split("/")[0] for name in images}) > 1, "the check must see sub-folders"
+    rows = _rows(output)
+    assert sorted(rows) == images
+    labels = set()
+    for name, row in rows.items():
+        overlay = Image.open(output / "overlays" / f"{name}.png")
+        assert overlay.size == Image.open(folder / name).size
+        assert (overlay.text["pred_score"], overlay.text["pred_label"]) == (row["pred_score"], row["pred_label"])
+        banner = (180, 0, 0) if row["pred_label"] == "1" else (0, 110, 0)
+        assert overlay.convert("RGB").getpixel((1, 1)) == banner, "the label is drawn on the overlay"
+        labels.add(row["pred_label"])
+    assert labels == {"0", "1"}
+    reference = _reference(exported["model"], [folder / images[0]])
+    assert float(rows[images[0]]["pred_score"]) == pytest.approx(float(reference["pred_score"][0]), abs=TOLERANCE)
+
+
+def test_predict_skips_bad_files_keeps_the_rest_and_fails_at_the_end(exported: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = exported["images"][:2]
+    shutil.copy(good[0], folder / "part.png")
+    Image.open(good[1]).convert("RGB").save(folder / "part.jpg")
+    (folder / "broken.png").write_bytes(good[0].read_bytes()[:200])  # truncated
+    (folder / "notes.png").write_text("not an image")
+    output = tmp_path / "out"
+    result = _predict_command(exported["paths"]["openvino"], folder, output)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "2 file(s) skipped" in result.stderr
+    assert "broken.png:" in result.stderr
+    assert "notes.png:" in result.stderr
+    rows = _rows(output)
+    assert sorted(rows) == ["broken.png", "notes.png", "part.jpg", "part.png"]
+    assert rows["broken.png"]["error"]
+    assert rows["notes.png"]["error"]
+    assert not rows["part.png"]["error"]
+    assert rows["part.png"]["pred_score"] != rows["part.jpg"]["pred_score"]
+    overlays = sorted(path.name for path in (output / "overlays").iterdir())
+    assert overlays == ["part.jpg.png", "part.png.png"], "part.png and part.jpg must not share an overlay"
+
+
+def test_predict_never_overwrites_an_earlier_run(exported: dict, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, image in ((first, exported["images"][0]), (second, exported["images"][1])):
+        folder.mkdir()
+        shutil.copy(image, folder / image.name)
+    output = tmp_path / "out"
+    assert _predict_command(exported["paths"]["openvino"], first, output).returncode == 0
+    refused = _predict_command(exported["paths"]["openvino"], second, output)
+    assert refused.returncode == 2
+    assert "already holds the results of an earlier run" in refused.stderr
+    assert "--overwrite" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(_rows(output)) == [exported["images"][0].name], "the earlier results are untouched"
+    replaced = _predict_command(exported["paths"]["openvino"], second, output, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert sorted(_rows(output)) == [exported["images"][1].name]
+    assert [path.name for path in (output / "overlays").iterdir()] == [f"{exported['images'][1].name}.png"]
+
+
+def test_predict_writes_each_row_as_it_is_scored(
+    exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted run (here Ctrl-C at the third image) keeps the rows already scored."""
+    monkeypatch.chdir(tmp_path)
+    scored = []
+    original = predict_module.predict_image
+
+    def interrupted(inferencer: object, path: Path) -> object:
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        scored.append(path)
+        return original(inferencer, path)
+
+    monkeypatch.setattr(predict_module, "predict_image", interrupted)
+    folder = exported["images"][0].parents[1]
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(exported["paths"]["openvino"], folder, tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    assert sorted(rows) == sorted(path.relative_to(folder).as_posix() for path in scored)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_predict_on_a_missing_or_empty_folder_says_so(exported: dict, tmp_path: Path, case: str) -> None:
+    folder = tmp_path / "in"
+    if case == "empty":
+        (folder / "sub").mkdir(parents=True)
+    result = _predict_command(exported["paths"]["openvino"], folder, tmp_path / "out")
+    assert result.returncode == 2
+    assert ("is not a folder" if case == "missing" else "No images") in result.stderr
+    assert str(folder) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_reads_16_bit_images_scaled(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 16-bit grayscale file scores as its 8-bit version, not as the white frame anomalib's reader makes of it."""
+    monkeypatch.chdir(tmp_path)
+    gray = np.asarray(Image.open(exported["images"][0]).convert("L"))
+    cv2.imwrite(str(tmp_path / "camera16.png"), gray.astype(np.uint16) * 257)
+    Image.fromarray(gray).save(tmp_path / "camera8.png")
+    inferencer = load_inferencer(exported["paths"]["openvino"])
+    sixteen, image = predict_image(inferencer, tmp_path / "camera16.png")
+    eight, _ = predict_image(inferencer, tmp_path / "camera8.png")
+    np.testing.assert_array_equal(image[..., 0], gray / np.float32(255.0))
+    assert sixteen.pred_score == eight.pred_score
+    np.testing.assert_array_equal(sixteen.anomaly_map, eight.anomaly_map)
+    white = inferencer.predict(read_image(tmp_path / "camera16.png"))  # anomalib's reader: clipped to white
+    white_map = map_to_original_size(np.asarray(white.anomaly_map), *gray.shape)
+    assert np.abs(white_map - sixteen.anomaly_map).max() > 1e-2
 
 
 def test_anomaly_map_maps_back_to_the_original_size() -> None:
@@ -178,12 +330,6 @@ def test_anomaly_map_maps_back_to_the_original_size() -> None:
     assert original.shape == (100, 300)
     assert original[37, 150] == pytest.approx(1.0)
     assert original[5, 150] == pytest.approx(0.0)
-
-
-def test_predict_refuses_an_empty_folder(exported: dict, tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="No images"):
-        predict_folder(exported["paths"]["openvino"], tmp_path / "empty", tmp_path / "out")
 
 
 def test_low_rank_model_exports_to_onnx_with_the_same_scores(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType, OpenVINOInferencer
 from anomalib.engine import Engine
 from anomalib.models import get_model, list_models
-from test_export import _assert_parity, _reference
+from test_export import EXACT_OPENVINO, _assert_parity, _reference
 
 from anomalib_featureridge import WinClipPlus
 
@@ -63,7 +63,7 @@ def test_onnx_runtime_matches_torch(prepared: dict) -> None:
 
 def test_openvino_inferencer_matches_torch(prepared: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # anomalib's OpenVINOInferencer writes ./openvino_cache
-    inferencer = OpenVINOInferencer(path=prepared["paths"]["openvino"], device="CPU")
+    inferencer = OpenVINOInferencer(path=prepared["paths"]["openvino"], device="CPU", config=EXACT_OPENVINO)
     for path in prepared["images"]:
         prediction = inferencer.predict(path)
         candidate = {key: getattr(prediction, key) for key in ("pred_score", "anomaly_map", "pred_label")}

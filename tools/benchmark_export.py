@@ -5,12 +5,16 @@ the three runtimes are timed in interleaved rounds on the same pre-loaded images
 exported graph: pre-processing, model, post-processing), so machine noise hits all of them alike.
 The batch is 1 image, or the fixed batch size an export insists on (anomalib's Patchcore ONNX
 graph comes out with a static batch of 2); latency is per image. Figures are medians, and ratios
-are against the first model in torch eager from the same run.
+are against the first model in torch eager from the same run. OpenVINO compiles in f32 (the
+package's rule, deploy/precision.py); ``--openvino-precisions f32 bf16`` times bf16 beside it.
 
 Example (the figures in docs/deployment.md):
     python tools/benchmark_export.py --root ../shared/data --category hazelnut_toy \
         --backbone tf_efficientnet_lite2 --layers blocks.2 blocks.4 \
         --weights ../shared/weights/tf_efficientnet_lite2.pth --models FeatureRidge Patchcore
+    python tools/benchmark_export.py --root ../shared/data --category hazelnut_toy \
+        --backbone tf_efficientnet_lite2 --layers blocks.2 blocks.4 \
+        --weights ../shared/weights/tf_efficientnet_lite2.pth --models FeatureRidge --openvino-precisions f32 bf16
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-import openvino
 import torch
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from benchmark import Setup, build_model, interleaved_medians
+
+from anomalib_featureridge.deploy.precision import EXACT, PRECISIONS, compile_openvino
 
 Runtime = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -48,6 +53,14 @@ def _max_differences(runtimes: dict[str, Runtime], batches: list[np.ndarray]) ->
             )
             worst[runtime][2] += int((output["pred_label"] != reference["pred_label"]).sum())
     return {runtime: f"{score:.1e} / {amap:.1e} / {labels}" for runtime, (score, amap, labels) in worst.items()}
+
+
+def _openvino_name(precision: str) -> str:
+    return "openvino" if precision == EXACT else f"openvino {precision}"
+
+
+def _run_openvino(compiled: object, batch: np.ndarray) -> dict[str, np.ndarray]:
+    return {next(iter(key.names)): value for key, value in compiled(batch).items()}
 
 
 def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, images: list[np.ndarray]) -> dict[str, dict]:
@@ -76,7 +89,9 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, images: 
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    compiled = openvino.Core().compile_model(str(openvino_path), "CPU")
+    compiled = {
+        precision: compile_openvino(openvino_path, precision=precision) for precision in args.openvino_precisions
+    }
     output_names = [output.name for output in session.get_outputs()]
     static_batch = session.get_inputs()[0].shape[0]
     batch_size = static_batch if isinstance(static_batch, int) else 1
@@ -87,8 +102,9 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, images: 
             k: v.numpy() for k, v in model(torch.from_numpy(b))._asdict().items() if v is not None
         },
         "onnxruntime": lambda b: dict(zip(output_names, session.run(None, {input_name: b}), strict=True)),
-        "openvino": lambda b: {next(iter(key.names)): value for key, value in compiled(b).items()},
     }
+    for precision, compiled_model in compiled.items():
+        runtimes[_openvino_name(precision)] = partial(_run_openvino, compiled_model)
     with torch.no_grad():
         parity = _max_differences(runtimes, batches)
     seconds = interleaved_medians(
@@ -99,7 +115,9 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, images: 
     )
     onnx_bytes = sum(path.stat().st_size for path in onnx_path.parent.iterdir())
     openvino_bytes = sum(path.stat().st_size for path in openvino_path.parent.iterdir())
-    sizes = {"torch eager": None, "onnxruntime": onnx_bytes, "openvino": openvino_bytes}
+    sizes = {"torch eager": None, "onnxruntime": onnx_bytes} | dict.fromkeys(
+        map(_openvino_name, compiled), openvino_bytes
+    )
     return {
         runtime: {
             "latency_ms": 1000 * seconds[runtime] / batch_size,
@@ -122,6 +140,13 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--openvino-precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=[EXACT],
+        help="OpenVINO inference precisions to time side by side (default: f32, the exact one)",
+    )
     parser.add_argument("--patchcore-coreset-ratio", type=float, default=0.1, help="anomalib's default is 0.1")
     args = parser.parse_args()
 

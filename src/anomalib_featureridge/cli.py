@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
+from anomalib_featureridge.deploy.precision import EXACT, PRECISIONS
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -68,23 +69,41 @@ def _demo(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from anomalib_featureridge.deploy import predict_folder
 
-    predictions = predict_folder(args.model, args.input, args.output)
-    flagged = sum(prediction.pred_label for prediction in predictions)
-    print(f"{len(predictions)} images scored, {flagged} anomalous. Overlays and predictions.csv in {args.output}")
+    try:
+        run = predict_folder(args.model, args.input, args.output, args.overwrite, args.precision)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"anomalib-featureridge predict: {error}", file=sys.stderr)
+        return 2
+    print(f"{run.scored} images scored, {run.flagged} anomalous. Overlays and predictions.csv in {args.output}")
+    if run.skipped:
+        print(f"{len(run.skipped)} file(s) skipped (their rows in predictions.csv give the reason):", file=sys.stderr)
+        for name, reason in run.skipped:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _to_8bit(args: argparse.Namespace) -> int:
+    from anomalib_featureridge.data.images import convert_to_8bit
+
+    try:
+        converted = convert_to_8bit(args.source, args.target)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"anomalib-featureridge to-8bit: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {args.target}: {converted} 16-bit image(s) scaled to 8 bits, the other files copied unchanged.")
     return 0
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    import shutil
-
     from anomalib_featureridge.data.defects import (
         DEFECT_KINDS,
         ObjectRegionFinder,
         hold_out,
         images_in,
         make_synthetic_split,
-        read_gray_or_rgb,
     )
+    from anomalib_featureridge.data.images import copy_as_8_bit, read_gray_or_rgb
 
     good = images_in(args.source)
     if not good:
@@ -93,9 +112,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     kept, held_out = hold_out(good, args.holdout, args.seed)
     category_dir = args.output / args.category
     for path in kept:
-        target = category_dir / "train" / "good" / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        copy_as_8_bit(path, category_dir / "train" / "good" / path.name)
     finder = ObjectRegionFinder.from_images(read_gray_or_rgb(path) for path in good)
     counts = make_synthetic_split(held_out, category_dir, "test", args.kinds or DEFECT_KINDS, args.seed, finder)
     print(f"Wrote {category_dir}: {len(kept)} train/good, synthetic test split {counts}.")
@@ -129,9 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="score a folder with an exported model, write heatmap overlays")
     predict.add_argument("--model", type=Path, required=True, help="exported model.xml, model.onnx or model.pt")
-    predict.add_argument("--input", type=Path, required=True, help="folder of images")
+    predict.add_argument("--input", type=Path, required=True, help="folder of images (searched recursively)")
     predict.add_argument("--output", type=Path, default=Path("predictions"), help="output folder")
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run's predictions.csv and overlays/ in --output"
+    )
+    predict.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=EXACT,
+        help="OpenVINO compute precision: f32 gives the checkpoint's scores (default); bf16 is faster on CPUs "
+        "with bfloat16 and moves scores (docs/deployment.md)",
+    )
     predict.set_defaults(handler=_predict)
+
+    to_8bit = commands.add_parser(
+        "to-8bit",
+        help="copy a dataset with its 16-bit images scaled to 8 bits (anomalib's readers clip them to white)",
+    )
+    to_8bit.add_argument("source", type=Path, help="dataset folder; its layout is kept")
+    to_8bit.add_argument("target", type=Path, help="new folder outside the source")
+    to_8bit.set_defaults(handler=_to_8bit)
 
     synthesize = commands.add_parser(
         "synthesize-defects",

@@ -9,7 +9,8 @@ value changed, nothing else):
 
 The object is found as anomalib users would do by hand: difference the image against the mean
 good training image and binarise (Otsu). Everything is driven by one ``numpy`` generator, so the
-same seed gives the same images and masks. Images are ``uint8`` arrays, ``(H, W)`` or ``(H, W, C)``.
+same seed gives the same images and masks. Images are ``uint8`` arrays, ``(H, W)`` or ``(H, W, C)``;
+files are read with :func:`~anomalib_featureridge.data.images.read_gray_or_rgb` (16-bit files scaled).
 
 Example:
     >>> region_finder = ObjectRegionFinder.from_images(good_images)
@@ -33,6 +34,8 @@ from PIL import Image
 from scipy.ndimage import binary_closing, binary_fill_holes
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
+
+from .images import is_image_file, read_gray_or_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -273,12 +276,9 @@ def add_defect(
     raise ValueError(msg)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
 def images_in(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
-    return sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(path for path in Path(folder).iterdir() if is_image_file(path))
 
 
 def hold_out(paths: Sequence[Path], share: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
@@ -289,12 +289,6 @@ def hold_out(paths: Sequence[Path], share: float, seed: int = 0) -> tuple[list[P
     order = np.random.default_rng(seed).permutation(len(paths))
     count = max(1, round(share * len(paths)))
     return [paths[index] for index in sorted(order[count:])], [paths[index] for index in sorted(order[:count])]
-
-
-def read_gray_or_rgb(path: str | Path) -> np.ndarray:
-    """A ``uint8`` array: ``(H, W)`` for single-channel files, ``(H, W, 3)`` otherwise."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L" if image.mode in {"L", "I;16", "I", "1"} else "RGB"))
 
 
 def make_synthetic_split(

@@ -1,5 +1,15 @@
 """Running exported models on new images."""
 
-from .predict import Prediction, list_images, map_to_original_size, predict_folder
+from .precision import compile_openvino, openvino_config
+from .predict import Prediction, PredictionRun, list_images, map_to_original_size, predict_folder, predict_image
 
-__all__ = ["Prediction", "list_images", "map_to_original_size", "predict_folder"]
+__all__ = [
+    "Prediction",
+    "PredictionRun",
+    "compile_openvino",
+    "list_images",
+    "map_to_original_size",
+    "openvino_config",
+    "predict_folder",
+    "predict_image",
+]

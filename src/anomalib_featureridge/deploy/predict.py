@@ -4,24 +4,36 @@ The exported graph resizes every image to the model's input size (256 x 256 by d
 scoring, so the anomaly map it returns has that size, whatever the image's. For overlays and
 measurements on the original image, the map is resized back to the original height and width
 (bilinear, ``map_to_original_size``); scores and labels need no mapping.
+
+Nothing is lost or overwritten: each row of ``predictions.csv`` is written (and flushed) as soon
+as its image is scored; a file that cannot be read or scored gets a row with the reason, the run
+goes on and ends with a non-zero status; an output folder holding an earlier run's results is
+refused unless asked to replace them; and overlays are named after the whole relative path of
+their image (``sub/part.jpg`` gives ``overlays/sub/part.jpg.png``), so no two images share one.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from anomalib.data.utils import read_image
 from anomalib.deploy import OpenVINOInferencer, TorchInferencer
 from anomalib.visualization.image.functional import overlay_image, visualize_anomaly_map
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from torch.nn import functional as F  # noqa: N812
 from tqdm import tqdm
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from ..data.images import IMAGE_SUFFIXES, is_image_file, read_rgb
+from .precision import EXACT, openvino_config
+
+RESULTS_FILE = "predictions.csv"
+OVERLAY_FOLDER = "overlays"
+CSV_COLUMNS = ("image", "pred_score", "pred_label", "error")
 
 
 @dataclass(frozen=True)
@@ -34,14 +46,28 @@ class Prediction:
     anomaly_map: np.ndarray
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted; an empty or missing folder is an error."""
+@dataclass
+class PredictionRun:
+    """What a folder run did: how many images were scored and flagged, and which were skipped and why."""
+
+    scored: int = 0
+    flagged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def list_images(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Image files in ``folder`` and its sub-folders (not under ``exclude``), sorted; none is an error."""
     if not folder.is_dir():
-        msg = f"{folder} is not a folder."
+        msg = f"{folder} is not a folder: pass --input a folder of images."
         raise FileNotFoundError(msg)
-    images = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    excluded = exclude.resolve() if exclude is not None else None
+    images = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and is_image_file(path) and (excluded is None or excluded not in path.resolve().parents)
+    )
     if not images:
-        msg = f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}."
+        msg = f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its sub-folders."
         raise FileNotFoundError(msg)
     return images
 
@@ -52,45 +78,115 @@ def map_to_original_size(anomaly_map: np.ndarray, height: int, width: int) -> np
     return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def load_inferencer(model_path: Path) -> OpenVINOInferencer | TorchInferencer:
-    """Anomalib's inferencer for an export: OpenVINO for ``.xml``/``.onnx``, torch for ``.pt``."""
+def load_inferencer(model_path: Path, precision: str = EXACT) -> OpenVINOInferencer | TorchInferencer:
+    """Anomalib's inferencer for an export: OpenVINO for ``.xml``/``.onnx`` (at ``precision``), torch for ``.pt``."""
     if not model_path.is_file():
         msg = f"Exported model not found: {model_path}"
         raise FileNotFoundError(msg)
     if model_path.suffix in {".xml", ".onnx"}:
-        return OpenVINOInferencer(path=model_path, device="CPU")
+        return OpenVINOInferencer(path=model_path, device="CPU", config=openvino_config(precision))
     if model_path.suffix == ".pt":
         return TorchInferencer(path=model_path, device="auto")
     msg = f"Unsupported export {model_path.name}: use model.xml (OpenVINO), model.onnx or model.pt."
     raise ValueError(msg)
 
 
-def predict_folder(model_path: Path, folder: Path, output: Path) -> list[Prediction]:
-    """Score every image in ``folder``; write ``<name>.png`` overlays and ``predictions.csv`` to ``output``."""
-    images = list_images(folder)
-    inferencer = load_inferencer(model_path)
+def predict_image(inferencer: OpenVINOInferencer | TorchInferencer, path: Path) -> tuple[Prediction, np.ndarray]:
+    """Score one file (read with 16-bit files scaled); return the prediction and the RGB image it scored."""
+    original = read_rgb(path)
+    result = inferencer.predict(original)
+    height, width = original.shape[:2]
+    prediction = Prediction(
+        path=path,
+        pred_score=float(np.asarray(result.pred_score).reshape(-1)[0]),
+        pred_label=bool(np.asarray(result.pred_label).reshape(-1)[0]),
+        anomaly_map=map_to_original_size(np.asarray(result.anomaly_map), height, width),
+    )
+    return prediction, original
+
+
+def overlay_path(output: Path, relative: Path) -> Path:
+    """Where the overlay of the image at ``relative`` (to the input folder) goes: its whole name plus ``.png``."""
+    return output / OVERLAY_FOLDER / relative.with_name(relative.name + ".png")
+
+
+def _verdict(prediction: Prediction) -> str:
+    return f"score {prediction.pred_score:.3f}  {'ANOMALOUS' if prediction.pred_label else 'normal'}"
+
+
+def render_overlay(prediction: Prediction, original: np.ndarray) -> Image.Image:
+    """The heatmap over the image, with a banner giving the score and the label (red when anomalous)."""
+    heatmap = visualize_anomaly_map(np.clip(prediction.anomaly_map, 0.0, 1.0))
+    base = Image.fromarray((original * 255).round().astype(np.uint8))
+    overlay = overlay_image(base, heatmap, alpha=0.4).convert("RGB")
+    font = ImageFont.load_default(size=max(10, overlay.width // 24))
+    draw = ImageDraw.Draw(overlay)
+    left, top, right, bottom = draw.textbbox((0, 0), _verdict(prediction), font=font)
+    padding = max(2, (bottom - top) // 4)
+    banner = (180, 0, 0) if prediction.pred_label else (0, 110, 0)
+    draw.rectangle((0, 0, right - left + 2 * padding, bottom - top + 2 * padding), fill=banner)
+    draw.text((padding - left, padding - top), _verdict(prediction), fill=(255, 255, 255), font=font)
+    return overlay
+
+
+def _save_overlay(overlay: Image.Image, prediction: Prediction, relative: Path, output: Path) -> None:
+    info = PngInfo()  # the figures in the file too, for tools that read overlays without the CSV
+    info.add_text("image", relative.as_posix())
+    info.add_text("pred_score", f"{prediction.pred_score:.6f}")
+    info.add_text("pred_label", str(int(prediction.pred_label)))
+    path = overlay_path(output, relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    overlay.save(path, pnginfo=info)
+
+
+def prepare_output(output: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder holding an earlier run's results, or with ``overwrite`` remove just those."""
+    earlier = [output / name for name in (RESULTS_FILE, OVERLAY_FOLDER) if (output / name).exists()]
+    if earlier and not overwrite:
+        names = " and ".join(f"{path.name}{'/' if path.is_dir() else ''}" for path in earlier)
+        msg = (
+            f"{output} already holds the results of an earlier run ({names}): choose a new --output folder, "
+            f"or pass --overwrite to replace them."
+        )
+        raise FileExistsError(msg)
+    for path in earlier:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     output.mkdir(parents=True, exist_ok=True)
-    predictions = []
-    for path in tqdm(images, desc="Scoring", unit="image"):
-        original = read_image(path, as_tensor=False)
-        result = inferencer.predict(original)
-        height, width = original.shape[:2]
-        anomaly_map = map_to_original_size(np.asarray(result.anomaly_map), height, width)
-        prediction = Prediction(
-            path=path,
-            pred_score=float(np.asarray(result.pred_score).reshape(-1)[0]),
-            pred_label=bool(np.asarray(result.pred_label).reshape(-1)[0]),
-            anomaly_map=anomaly_map,
-        )
-        heatmap = visualize_anomaly_map(np.clip(anomaly_map, 0.0, 1.0))
-        base = Image.fromarray((np.asarray(original) * 255).round().astype(np.uint8))
-        overlay_image(base, heatmap, alpha=0.4).convert("RGB").save(output / f"{path.stem}.png")
-        predictions.append(prediction)
-    with (output / "predictions.csv").open("w", newline="") as handle:
+
+
+def predict_folder(
+    model_path: Path, folder: Path, output: Path, overwrite: bool = False, precision: str = EXACT
+) -> PredictionRun:
+    """Score every image under ``folder``; write overlays and ``predictions.csv`` (row by row) to ``output``.
+
+    A file that cannot be read or scored is skipped and recorded with its reason (in the CSV's
+    ``error`` column and in the returned run); everything else goes on.
+    """
+    if not model_path.is_file():
+        msg = f"Exported model not found: {model_path}"
+        raise FileNotFoundError(msg)
+    images = list_images(folder, exclude=output)
+    prepare_output(output, overwrite)
+    inferencer = load_inferencer(model_path, precision)
+    run = PredictionRun()
+    with (output / RESULTS_FILE).open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "pred_score", "pred_label"])
-        writer.writerows(
-            [prediction.path.name, f"{prediction.pred_score:.6f}", int(prediction.pred_label)]
-            for prediction in predictions
-        )
-    return predictions
+        writer.writerow(CSV_COLUMNS)
+        for path in tqdm(images, desc="Scoring", unit="image"):
+            relative = path.relative_to(folder)
+            try:
+                prediction, original = predict_image(inferencer, path)
+                _save_overlay(render_overlay(prediction, original), prediction, relative, output)
+            except Exception as error:  # one bad file must not cost the others' results
+                reason = f"{type(error).__name__}: {error}"
+                run.skipped.append((relative.as_posix(), reason))
+                writer.writerow([relative.as_posix(), "", "", reason])
+            else:
+                run.scored += 1
+                run.flagged += prediction.pred_label
+                writer.writerow([relative.as_posix(), f"{prediction.pred_score:.6f}", int(prediction.pred_label), ""])
+            handle.flush()
+    return run

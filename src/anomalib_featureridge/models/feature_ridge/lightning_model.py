@@ -34,7 +34,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from ..common import ScoringModelMixin, SingleFileOnnxMixin
+from ..common import PreparedExportMixin, ScoringModelMixin
 from . import distributed
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
@@ -51,7 +51,7 @@ def _describe(geometry: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in geometry.items())
 
 
-class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, AnomalibModule):
+class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, AnomalibModule):
     """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
 
     Args:
@@ -251,7 +251,7 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
 
     @contextmanager
     def export_context(self) -> Iterator[None]:
-        """Exports need a fitted model and leave the training-only statistics out, without touching the live model."""
+        """Every export needs a fitted model and leaves the training-only statistics out (the live model keeps them)."""
         self._require_fitted()
         statistics = self.model.statistics
         self.model.statistics = RidgeStatistics().to(statistics.count.device)
@@ -259,11 +259,6 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
             yield
         finally:
             self.model.statistics = statistics
-
-    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
-        """Export for torch inference, without the sufficient statistics (they only serve updates)."""
-        with self.export_context():
-            return super().to_torch(export_root, model_file_name)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

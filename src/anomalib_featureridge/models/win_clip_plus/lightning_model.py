@@ -30,7 +30,8 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from ..common import ScoringModelMixin, SingleFileOnnxMixin
+from ...data.images import refuse_high_bit_depth
+from ..common import PreparedExportMixin, ScoringModelMixin
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["WinClipPlus"]
 
 
-class WinClipPlus(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModule):
+class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     """WinCLIP (zero-shot, ``k_shot=0``) and WinCLIP+ (few-shot) on any open_clip ViT.
 
     Args:
@@ -124,7 +125,7 @@ class WinClipPlus(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModule):
         self._prepare()
 
     def export_context(self) -> AbstractContextManager:
-        """A zero-shot model can be exported without any data: the anchors are built here if needed."""
+        """Every export first builds what ``setup`` would (anchors, references): no run is needed before it."""
         self._prepare()
         return nullcontext()
 
@@ -149,6 +150,7 @@ class WinClipPlus(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModule):
         """``k_shot`` pre-processed normal images: from ``few_shot_source`` or the training set."""
         if self.few_shot_source is not None:
             dataset = PredictDataset(self.few_shot_source)
+            refuse_high_bit_depth([dataset])
             source = f"the folder {self.few_shot_source}"
         else:
             dataset = getattr(getattr(self._trainer, "datamodule", None), "train_data", None)
