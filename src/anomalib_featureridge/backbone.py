@@ -194,7 +194,58 @@ def _create_pretrained(backbone: str, out_indices: list[int]) -> nn.Module:
         msg = (
             f"Cannot download pretrained weights for {backbone!r}: {reason}, and they are not in the local cache. "
             f"Pass a local timm state dict with backbone_weights=PATH (CLI: --model.backbone_weights PATH), "
-            f"or pre_trained=False for random weights."
+            f"or pre_trained=False for random weights. Testing, predicting or exporting a trained checkpoint "
+            f"(--ckpt_path) needs neither: its weights come from the checkpoint."
         )
         raise BackboneWeightsError(msg)
     return timm.create_model(backbone, pretrained=True, features_only=True, out_indices=out_indices)
+
+
+class _PendingPretrainedWeights:
+    """Forward pre-hook that fetches a feature extractor's pretrained weights on its first use.
+
+    A model about to receive a checkpoint does not need them: loading a state dict that holds the
+    extractor's weights cancels the hook, so ``anomalib test --ckpt_path`` never downloads. A
+    module-level class rather than a closure, so that a model holding it still pickles.
+    """
+
+    def __init__(self, backbone: str, layers: Sequence[str]) -> None:
+        self.backbone = backbone
+        self.layers = list(layers)
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def cancel(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def __call__(self, features: nn.Module, inputs: object) -> None:
+        del inputs
+        self.cancel()
+        pretrained = _create_pretrained(self.backbone, layer_indices(self.backbone, self.layers))
+        drop_unused_blocks(pretrained, self.layers)
+        device = next(features.parameters()).device
+        features.load_state_dict(pretrained.state_dict(), strict=True)
+        features.to(device)
+
+    def on_state_dict(self, features: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+        del features, args
+        if any(key.startswith(prefix) for key in state_dict):
+            self.cancel()
+
+
+def defer_pretrained_weights(features: nn.Module, backbone: str, layers: Sequence[str]) -> None:
+    """Give a randomly initialised extractor its pretrained weights on first use, unless a state dict comes first."""
+    pending = _PendingPretrainedWeights(backbone, layers)
+    pending.handles = [
+        features.register_forward_pre_hook(pending),
+        features.register_load_state_dict_pre_hook(pending.on_state_dict),
+    ]
+    features._pending_pretrained_weights = pending
+
+
+def materialise_pretrained_weights(features: nn.Module) -> None:
+    """Fetch deferred pretrained weights now (fail fast before a long run); nothing to do if none are pending."""
+    pending = getattr(features, "_pending_pretrained_weights", None)
+    if pending is not None and pending.handles:
+        pending(features, None)

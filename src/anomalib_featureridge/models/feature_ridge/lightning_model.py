@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,9 @@ from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.visualization import Visualizer
 from torch import nn
 
+from anomalib_featureridge.backbone import defer_pretrained_weights, materialise_pretrained_weights
+
+from ..checkpoints import record_model_class, refuse_other_models_checkpoint
 from ..common import ScoringModelMixin, SingleFileOnnxMixin
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
@@ -39,6 +43,7 @@ __all__ = ["FeatureRidge"]
 
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
+SCORING_SETTINGS = ("backbone", "layers", "rank", "alpha", "sigma", "keep_statistics")
 
 
 def _describe(geometry: dict[str, Any]) -> str:
@@ -86,16 +91,20 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        # Pretrained weights are fetched on first use: a checkpoint loaded first brings its own.
+        defer_weights = pre_trained and backbone_weights is None
         self.model: FeatureRidgeModel = FeatureRidgeModel(
             backbone=backbone,
             layers=layers,
-            pre_trained=pre_trained,
+            pre_trained=pre_trained and not defer_weights,
             backbone_weights=backbone_weights,
             alpha=alpha,
             sigma=sigma,
             rank=rank,
             keep_statistics=keep_statistics,
         )
+        if defer_weights:
+            defer_pretrained_weights(self.model.feature_extractor, backbone, layers)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> FeatureRidge:  # noqa: ANN002, ANN003
@@ -105,28 +114,56 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the feature geometry apart from the hyper-parameters, which ``load_from_checkpoint`` overrides."""
+        """Record the scoring settings and the model class beside the hyper-parameters."""
         super().on_save_checkpoint(checkpoint)
-        checkpoint[TRAINED_WITH_KEY] = self._feature_geometry()
+        checkpoint[TRAINED_WITH_KEY] = self._scoring_settings()
+        record_model_class(checkpoint, self)
 
-    def _feature_geometry(self) -> dict[str, Any]:
-        """What fixes the shapes of the fitted tensors: a checkpoint only loads into the same."""
-        return {"backbone": self.model.backbone, "layers": list(self.model.layers), "rank": self.model.rank}
+    def _scoring_settings(self) -> dict[str, Any]:
+        """What the fitted tensors and the scores depend on (plus keep_statistics, which fixes the state's shape)."""
+        return {
+            "backbone": self.model.backbone,
+            "layers": list(self.model.layers),
+            "rank": self.model.rank,
+            "alpha": float(self.model.alpha),
+            "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
+            "keep_statistics": bool(self.model.keep_statistics),
+        }
+
+    @staticmethod
+    def _trained_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's scoring settings; older checkpoints keep some only in the hyper-parameters."""
+        saved = {**checkpoint.get("hyper_parameters", {}), **checkpoint.get(TRAINED_WITH_KEY, {})}
+        # A checkpoint from before the rank option has a full map.
+        trained = {key: saved.get(key, None if key == "rank" else _DEFAULTS[key]) for key in SCORING_SETTINGS}
+        trained["layers"] = list(trained["layers"])
+        trained["alpha"], trained["sigma"] = float(trained["alpha"]), float(trained["sigma"])
+        return trained
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint made with another backbone, layers or rank, naming both, before tensors are copied."""
-        saved = checkpoint.get(TRAINED_WITH_KEY) or checkpoint.get("hyper_parameters", {})
-        current = self._feature_geometry()
-        # A checkpoint from before the rank option has a full map.
-        trained = {key: saved.get(key, None if key == "rank" else value) for key, value in current.items()}
-        trained["layers"] = list(trained["layers"])
+        """Score with the checkpoint's settings, whatever the command line said, before tensors are copied.
+
+        anomalib's ``test``/``predict --ckpt_path`` build the model from the command line first (defaults
+        included) and ``export`` rebuilds it from the checkpoint: taking every scoring setting from the
+        checkpoint keeps the tested and the exported model the same, and needs no backbone weights.
+        """
+        path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
+        refuse_other_models_checkpoint(checkpoint, self, path)
+        trained = self._trained_settings(checkpoint)
+        current = self._scoring_settings()
         if trained != current:
-            settings = ", ".join(f"--model.{key}" for key in current)
-            msg = (
-                f"This checkpoint was trained with {_describe(trained)}, but the model is configured with "
-                f"{_describe(current)}. Pass the training settings ({settings}) with this checkpoint."
+            overridden = [key for key in SCORING_SETTINGS if current[key] != trained[key]]
+            given = [key for key in overridden if current[key] != _DEFAULTS[key]]
+            log = logger.warning if given else logger.info
+            log(
+                "The checkpoint was trained with %s; the model was configured with %s. The checkpoint's settings are "
+                "used (a trained model scores only as it was fitted).",
+                _describe({key: trained[key] for key in overridden}),
+                _describe({key: current[key] for key in overridden}),
             )
-            raise ValueError(msg)
+            device = self.model.fitted.device
+            self.model = FeatureRidgeModel(**trained, pre_trained=False, backbone_weights=None).to(device)
+            self.hparams.update({**trained, "pre_trained": False, "backbone_weights": None})
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
@@ -142,7 +179,11 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
             raise ValueError(msg)
 
     def on_train_start(self) -> None:
-        """Fitting a fitted model adds the new images to its statistics (an incremental update) and re-solves."""
+        """Fetch deferred pretrained weights (a resumed checkpoint brought them); a fitted model is updated.
+
+        Fitting a fitted model adds the new images to its statistics (an incremental update) and re-solves.
+        """
+        materialise_pretrained_weights(self.model.feature_extractor)
         if bool(self.model.fitted):
             self.model.require_statistics()
             logger.info(
@@ -192,3 +233,11 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
     def learning_type(self) -> LearningType:
         """Trained on normal images only."""
         return LearningType.ONE_CLASS
+
+
+_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(FeatureRidge.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+_DEFAULTS["layers"] = list(_DEFAULTS["layers"])
