@@ -42,15 +42,19 @@ def _scores(model: FeatureRidge, root: Path, tmp_path: Path, ckpt_path: Path | N
     return torch.cat([batch.anomaly_map.flatten(1) for batch in batches])
 
 
-def test_command_line_settings_never_change_a_checkpoints_scores(checkpoint, dataset_root, tmp_path) -> None:
-    """As ``anomalib predict --ckpt_path`` does: a model built from other settings, then the checkpoint loaded."""
+def test_default_settings_give_way_to_the_checkpoints(checkpoint, dataset_root, tmp_path) -> None:
+    """As ``anomalib predict --ckpt_path`` does: a model built with defaults (sigma 4, alpha 1), then the checkpoint."""
     expected = _scores(FeatureRidge.load_from_checkpoint(checkpoint), dataset_root, tmp_path / "a")
-    other = FeatureRidge(
-        backbone="resnet18", layers=["layer1", "layer2"], rank=16, pre_trained=False, sigma=4.0, alpha=2
-    )
+    other = FeatureRidge(backbone="resnet18", layers=["layer1", "layer2"], rank=16, pre_trained=False)
     assert torch.equal(_scores(other, dataset_root, tmp_path / "b", checkpoint), expected)
-    assert other.hparams["sigma"] == 0.0
-    assert other.hparams["alpha"] == 0.5
+    assert (other.hparams["sigma"], other.hparams["alpha"]) == (0.0, 0.5)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("sigma", 2.0), ("alpha", 3.0), ("backbone", "resnet34")])
+def test_a_setting_given_with_another_value_is_refused(checkpoint, setting, value) -> None:
+    given = FeatureRidge(**{**TRAINED, "pre_trained": False, setting: value})
+    with pytest.raises(ValueError, match=rf"trained with {setting}=.*configured with {setting}=.*--model\.{setting}"):
+        given.on_load_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False))
 
 
 def test_default_model_loads_a_checkpoint_offline_without_weights_flags(

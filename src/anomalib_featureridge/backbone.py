@@ -93,11 +93,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         msg = f"Backbone weights file not found: {path}"
         raise BackboneWeightsError(msg)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # torch's unpickler reports a text or truncated file as a bare KeyError, IndexError or EOFError.
+        size = path.stat().st_size
+        content = "is empty (0 bytes)" if size == 0 else f"({size} bytes) is not a readable state dict"
+        msg = (
+            f"Weights file {path} {content}: expected tensors saved with torch.save(model.state_dict()) or a "
+            f".safetensors file; download or copy it again. Details: {type(error).__name__}: {error}"
+        )
+        raise BackboneWeightsError(msg) from error
     for wrapper_key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
             state = state[wrapper_key]

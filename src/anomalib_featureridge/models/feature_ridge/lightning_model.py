@@ -141,26 +141,32 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
         return trained
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Score with the checkpoint's settings, whatever the command line said, before tensors are copied.
+        """Score with the checkpoint's settings, before tensors are copied: defaults give way, other values are refused.
 
-        anomalib's ``test``/``predict --ckpt_path`` build the model from the command line first (defaults
-        included) and ``export`` rebuilds it from the checkpoint: taking every scoring setting from the
-        checkpoint keeps the tested and the exported model the same, and needs no backbone weights.
+        anomalib's ``test``/``predict --ckpt_path`` build the model from the command line first, defaults
+        included, while ``export`` rebuilds it from the checkpoint. A setting left at its default therefore
+        takes the checkpoint's value (so ``--ckpt_path`` alone is enough, and the tested and the exported
+        model are the same); a setting given with another value than the checkpoint's is an error, since a
+        fitted model scores correctly only with the settings it was fitted with.
         """
         path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
         refuse_other_models_checkpoint(checkpoint, self, path)
         trained = self._trained_settings(checkpoint)
         current = self._scoring_settings()
-        if trained != current:
-            overridden = [key for key in SCORING_SETTINGS if current[key] != trained[key]]
-            given = [key for key in overridden if current[key] != _DEFAULTS[key]]
-            log = logger.warning if given else logger.info
-            log(
-                "The checkpoint was trained with %s; the model was configured with %s. The checkpoint's settings are "
-                "used (a trained model scores only as it was fitted).",
-                _describe({key: trained[key] for key in overridden}),
-                _describe({key: current[key] for key in overridden}),
+        differing = [key for key in SCORING_SETTINGS if current[key] != trained[key]]
+        conflicting = [key for key in differing if current[key] != _DEFAULTS[key]]
+        if conflicting:
+            source = f"The checkpoint {path}" if path else "This checkpoint"
+            flags = ", ".join(f"--model.{key}" for key in conflicting)
+            msg = (
+                f"{source} was trained with {_describe({key: trained[key] for key in conflicting})}, but the model "
+                f"is configured with {_describe({key: current[key] for key in conflicting})}. A trained model scores "
+                f"only with its own settings: leave out {flags} (the checkpoint supplies every scoring setting), or "
+                f"pass the checkpoint's values."
             )
+            raise ValueError(msg)
+        if differing:
+            logger.info("Settings from the checkpoint: %s.", _describe({key: trained[key] for key in differing}))
             device = self.model.fitted.device
             self.model = FeatureRidgeModel(**trained, pre_trained=False, backbone_weights=None).to(device)
             self.hparams.update({**trained, "pre_trained": False, "backbone_weights": None})

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from anomalib_featureridge.backbone import BackboneWeightsError, reachable
+from anomalib_featureridge.backbone import BackboneWeightsError, reachable, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +114,25 @@ def _check_tag_is_obtainable(model_name: str, tag: str) -> None:
 
 
 def load_checkpoint_strictly(model: nn.Module, model_name: str, path: Path) -> None:
-    """Load a local open_clip checkpoint; a file for another architecture is an error naming both."""
+    """Load a local open_clip checkpoint as tensors only (never pickled code); another architecture's file is an error.
+
+    The file is read with ``weights_only=True`` explicitly rather than through open_clip, which relies on
+    torch's default.
+    """
     if not path.is_file():
         msg = f"CLIP checkpoint file not found: {path}"
         raise ClipWeightsError(msg)
     open_clip = _open_clip()
     try:
-        open_clip.load_checkpoint(model, str(path))
+        state = read_state_dict(path)
+    except BackboneWeightsError as error:
+        raise ClipWeightsError(str(error).replace("Weights file", "CLIP checkpoint", 1)) from error
+    # Checkpoints saved from a DataParallel model prefix every key; OpenAI-format text weights sit at the top level.
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = open_clip.factory.convert_to_custom_text_state_dict(state)
+    try:
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, ValueError) as error:
         msg = (
             f"Checkpoint {path} does not match the open_clip backbone {model_name!r}; pass the backbone it was "
