@@ -9,8 +9,9 @@ and fails within seconds, with the way out, when pretrained weights cannot be fe
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,14 +49,25 @@ def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
     return [names.index(layer) for layer in layers]
 
 
-def _weights_host(backbone: str) -> str | None:
-    """Host that timm would download ``backbone``'s default pretrained weights from."""
+def server_of(url: str) -> str:
+    """``scheme://host[:port]`` of a download URL: what :func:`reachable` probes."""
+    parts = urlparse(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def hugging_face_server() -> str:
+    """The Hugging Face Hub endpoint huggingface_hub downloads from (``HF_ENDPOINT`` or the public hub)."""
+    return server_of(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+def _weights_server(backbone: str) -> str | None:
+    """Server that timm would download ``backbone``'s default pretrained weights from."""
     config = timm.models.get_pretrained_cfg(backbone)
     if config is None:
         return None
     if config.hf_hub_id:
-        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    return urlparse(config.url).hostname if config.url else None
+        return hugging_face_server()
+    return server_of(config.url) if config.url else None
 
 
 def _cached_weights(backbone: str) -> Path | None:
@@ -78,13 +90,37 @@ def _cached_weights(backbone: str) -> Path | None:
     return None
 
 
-def reachable(host: str) -> bool:
-    """Whether ``host`` accepts an HTTPS connection within a few seconds (probes before a long download)."""
+def reachable(server: str) -> bool:
+    """Whether ``server`` (``scheme://host[:port]``) answers an HTTP request within a few seconds.
+
+    An accepted connection is not enough: a proxy or firewall that accepts connections but never
+    answers would otherwise send the download into huggingface_hub's retries for most of a minute.
+    Any HTTP answer counts, an error status too (the server is there).
+    """
+    request = urllib.request.Request(server + "/", method="HEAD")
     try:
-        with socket.create_connection((host, 443), timeout=NETWORK_PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(request, timeout=NETWORK_PROBE_TIMEOUT_S):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
         return False
+
+
+def download_blocker(
+    server: str | None, from_hugging_face: bool, probe: Callable[[str], bool] | None = None
+) -> str | None:
+    """Why a download from ``server`` cannot start now (offline mode, no answer), or ``None`` when it can.
+
+    ``probe`` defaults to :func:`reachable`, looked up when called.
+    """
+    if from_hugging_face and os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"}:
+        return "HF_HUB_OFFLINE is set"
+    if server is None:
+        return "no download location is known"
+    if not (probe or reachable)(server):
+        return f"{server} cannot be reached (no answer within {NETWORK_PROBE_TIMEOUT_S:g} s)"
+    return None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -102,10 +138,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as error:
         # torch's unpickler reports a text or truncated file as a bare KeyError, IndexError or EOFError.
         size = path.stat().st_size
+        detail = (str(error).splitlines() or [""])[0][:200]
         content = "is empty (0 bytes)" if size == 0 else f"({size} bytes) is not a readable state dict"
         msg = (
             f"Weights file {path} {content}: expected tensors saved with torch.save(model.state_dict()) or a "
-            f".safetensors file; download or copy it again. Details: {type(error).__name__}: {error}"
+            f".safetensors file; download or copy it again. Details: {type(error).__name__}: {detail}"
         )
         raise BackboneWeightsError(msg) from error
     for wrapper_key in ("state_dict", "model"):
@@ -197,10 +234,8 @@ def _create_pretrained(backbone: str, out_indices: list[int]) -> nn.Module:
             out_indices=out_indices,
             pretrained_cfg_overlay={"file": str(cached)},
         )
-    host = _weights_host(backbone)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"}
-    if host is None or offline or not reachable(host):
-        reason = "HF_HUB_OFFLINE is set" if offline else f"{host or 'the weights server'} cannot be reached"
+    reason = download_blocker(_weights_server(backbone), from_hugging_face=True)
+    if reason is not None:
         msg = (
             f"Cannot download pretrained weights for {backbone!r}: {reason}, and they are not in the local cache. "
             f"Pass a local timm state dict with backbone_weights=PATH (CLI: --model.backbone_weights PATH), "
