@@ -114,3 +114,18 @@ def test_anomalib_test_with_only_the_checkpoint_works_offline(checkpoint, datase
     assert result.returncode == 0, output[-4000:]
     assert "pixel_AUROC" in output
     assert "Cannot download" not in output
+
+
+def test_a_train_folder_of_jpg_files_is_explained(tmp_path) -> None:
+    from PIL import Image
+
+    good = tmp_path / "parts" / "train" / "good"
+    good.mkdir(parents=True)
+    for index in range(3):
+        Image.new("RGB", (32, 32)).save(good / f"{index}.jpg")
+    (tmp_path / "parts" / "test" / "good").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "parts" / "test" / "good" / "0.png")
+    model = FeatureRidge(backbone="resnet18", pre_trained=False)
+    engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1)
+    with pytest.raises(ValueError, match=r"train/good holds \.jpg files, but MVTecAD reads only \.png.*Folder"):
+        engine.fit(model=model, datamodule=MVTecAD(root=tmp_path, category="parts", num_workers=0))

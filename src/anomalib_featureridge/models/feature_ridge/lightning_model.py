@@ -180,7 +180,7 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
         if stage == "fit" and train_data is not None and len(train_data) == 0:
             msg = (
                 f"FeatureRidge needs normal training images, but the training set of {type(datamodule).__name__} "
-                f"is empty. Check the dataset root, the category and its train/good folder."
+                f"is empty. {_empty_train_folder_hint(datamodule)}"
             )
             raise ValueError(msg)
 
@@ -239,6 +239,24 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
     def learning_type(self) -> LearningType:
         """Trained on normal images only."""
         return LearningType.ONE_CLASS
+
+
+def _empty_train_folder_hint(datamodule: object) -> str:
+    """Name the folder anomalib read and, when it holds images it ignores, why (MVTecAD reads only .png)."""
+    root, category = getattr(datamodule, "root", None), getattr(datamodule, "category", None)
+    if root is None or category is None:
+        return "Check the dataset root, the category and its train/good folder."
+    folder = Path(root) / str(category) / "train" / "good"
+    if not folder.is_dir():
+        return f"The folder {folder} does not exist: check --data.root and --data.category."
+    ignored = sorted({path.suffix for path in folder.iterdir() if path.suffix.lower() != ".png" and path.is_file()})
+    if ignored:
+        return (
+            f"{folder} holds {', '.join(ignored)} files, but {type(datamodule).__name__} reads only .png: convert "
+            f"them to PNG, or use anomalib's Folder datamodule (--data Folder --data.normal_dir ...), which reads "
+            f"other formats."
+        )
+    return f"{folder} holds no .png images."
 
 
 _DEFAULTS = {
