@@ -100,9 +100,73 @@ def test_pretrained_uses_the_local_cache_without_network(tmp_path, monkeypatch) 
     torch.testing.assert_close(features.state_dict()["layer3.1.bn2.running_var"], state["layer3.1.bn2.running_var"])
 
 
-def test_weights_host_follows_hf_endpoint(monkeypatch) -> None:
-    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example.org")
-    assert backbone_module._weights_host("resnet18") == "mirror.example.org"
+def test_weights_server_follows_hf_endpoint(monkeypatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example.org:8443/")
+    assert backbone_module._weights_server("resnet18") == "https://mirror.example.org:8443"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"this is a text file\n", r"\(20 bytes\) is not a readable state dict"),
+        (b"", r"is empty \(0 bytes\)"),
+        (b"\n", r"\(1 bytes\) is not a readable state dict"),
+    ],
+)
+def test_unreadable_weights_file_is_named_with_the_way_out(tmp_path, content: bytes, problem: str) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(BackboneWeightsError, match=rf"Weights file .*weights\.pth {problem}.*torch\.save"):
+        create_feature_extractor("resnet18", ["layer2", "layer3"], backbone_weights=path)
+
+
+def test_truncated_weights_file_is_named(tmp_path) -> None:
+    _save_full_state_dict(tmp_path / "full.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((tmp_path / "full.pth").read_bytes()[:100_000])
+    with pytest.raises(BackboneWeightsError, match=r"truncated\.pth \(100000 bytes\) is not a readable state dict"):
+        create_feature_extractor("resnet18", ["layer2", "layer3"], backbone_weights=truncated)
+
+
+def test_a_server_that_accepts_but_never_answers_counts_as_unreachable(monkeypatch) -> None:
+    """A proxy that takes the connection and then stays silent must fail the probe, not start a download."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    monkeypatch.setattr(backbone_module, "NETWORK_PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    try:
+        with pytest.raises(BackboneWeightsError, match=r"127\.0\.0\.1:\d+ cannot be reached.*backbone_weights"):
+            create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
+    finally:
+        for connection in accepted:
+            connection.close()
+        server.close()
+    assert accepted, "the probe must have connected"
+
+
+def test_a_server_that_answers_is_reachable_whatever_the_status() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            del args
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        assert backbone_module.reachable(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.server_close()
 
 
 def test_blocks_after_the_deepest_layer_are_dropped_without_changing_features() -> None:

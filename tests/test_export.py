@@ -19,10 +19,9 @@ from conftest import SMALL_BACKBONE, SMALL_LAYERS
 from PIL import Image
 
 from anomalib_featureridge import FeatureRidge
-from anomalib_featureridge.deploy import map_to_original_size, predict_folder
 from anomalib_featureridge.deploy import predict as predict_module
 from anomalib_featureridge.deploy.precision import compile_openvino, compiled_precision, cpu_supports, openvino_config
-from anomalib_featureridge.deploy.predict import load_inferencer, predict_image
+from anomalib_featureridge.deploy.predict import load_inferencer, map_to_original_size, predict_folder, predict_image
 
 TOLERANCE = 1e-4
 # What the docs tell users of anomalib's own inferencer to pass: OpenVINO computes in bfloat16 on CPUs with

@@ -1,11 +1,36 @@
 """FeatureRidge and WinClipPlus for anomalib, registered as if they were built in, and normal-only thresholds.
 
 Importing this package is never needed: once installed, ``anomalib.models`` loads it through the
-``anomalib.models`` entry point group (see ``anomalib_plugin_loader``).
+``anomalib.models`` entry point group (see ``anomalib_featureridge_plugin_loader``). The names
+below are imported on first access (PEP 562), so that ``anomalib-featureridge --help`` and the
+data helpers start without importing anomalib and torch.
 """
 
-from .models import FeatureRidge, FeatureRidgeModel, WinClipPlus, WinClipPlusModel
-from .thresholds import NormalQuantilePostProcessor
+from __future__ import annotations
+
+from importlib import import_module
 
 __all__ = ["FeatureRidge", "FeatureRidgeModel", "NormalQuantilePostProcessor", "WinClipPlus", "WinClipPlusModel"]
 __version__ = "0.1.0"
+
+_HOMES = {
+    "FeatureRidge": ".models",
+    "FeatureRidgeModel": ".models",
+    "WinClipPlus": ".models",
+    "WinClipPlusModel": ".models",
+    "NormalQuantilePostProcessor": ".thresholds",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

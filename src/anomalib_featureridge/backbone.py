@@ -9,8 +9,9 @@ and fails within seconds, with the way out, when pretrained weights cannot be fe
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,14 +49,25 @@ def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
     return [names.index(layer) for layer in layers]
 
 
-def _weights_host(backbone: str) -> str | None:
-    """Host that timm would download ``backbone``'s default pretrained weights from."""
+def server_of(url: str) -> str:
+    """``scheme://host[:port]`` of a download URL: what :func:`reachable` probes."""
+    parts = urlparse(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def hugging_face_server() -> str:
+    """The Hugging Face Hub endpoint huggingface_hub downloads from (``HF_ENDPOINT`` or the public hub)."""
+    return server_of(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+def _weights_server(backbone: str) -> str | None:
+    """Server that timm would download ``backbone``'s default pretrained weights from."""
     config = timm.models.get_pretrained_cfg(backbone)
     if config is None:
         return None
     if config.hf_hub_id:
-        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    return urlparse(config.url).hostname if config.url else None
+        return hugging_face_server()
+    return server_of(config.url) if config.url else None
 
 
 def _cached_weights(backbone: str) -> Path | None:
@@ -78,13 +90,37 @@ def _cached_weights(backbone: str) -> Path | None:
     return None
 
 
-def reachable(host: str) -> bool:
-    """Whether ``host`` accepts an HTTPS connection within a few seconds (probes before a long download)."""
+def reachable(server: str) -> bool:
+    """Whether ``server`` (``scheme://host[:port]``) answers an HTTP request within a few seconds.
+
+    An accepted connection is not enough: a proxy or firewall that accepts connections but never
+    answers would otherwise send the download into huggingface_hub's retries for most of a minute.
+    Any HTTP answer counts, an error status too (the server is there).
+    """
+    request = urllib.request.Request(server + "/", method="HEAD")
     try:
-        with socket.create_connection((host, 443), timeout=NETWORK_PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(request, timeout=NETWORK_PROBE_TIMEOUT_S):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
         return False
+
+
+def download_blocker(
+    server: str | None, from_hugging_face: bool, probe: Callable[[str], bool] | None = None
+) -> str | None:
+    """Why a download from ``server`` cannot start now (offline mode, no answer), or ``None`` when it can.
+
+    ``probe`` defaults to :func:`reachable`, looked up when called.
+    """
+    if from_hugging_face and os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"}:
+        return "HF_HUB_OFFLINE is set"
+    if server is None:
+        return "no download location is known"
+    if not (probe or reachable)(server):
+        return f"{server} cannot be reached (no answer within {NETWORK_PROBE_TIMEOUT_S:g} s)"
+    return None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -93,11 +129,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         msg = f"Backbone weights file not found: {path}"
         raise BackboneWeightsError(msg)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # torch's unpickler reports a text or truncated file as a bare KeyError, IndexError or EOFError.
+        size = path.stat().st_size
+        detail = (str(error).splitlines() or [""])[0][:200]
+        content = "is empty (0 bytes)" if size == 0 else f"({size} bytes) is not a readable state dict"
+        msg = (
+            f"Weights file {path} {content}: expected tensors saved with torch.save(model.state_dict()) or a "
+            f".safetensors file; download or copy it again. Details: {type(error).__name__}: {detail}"
+        )
+        raise BackboneWeightsError(msg) from error
     for wrapper_key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
             state = state[wrapper_key]
@@ -187,14 +234,63 @@ def _create_pretrained(backbone: str, out_indices: list[int]) -> nn.Module:
             out_indices=out_indices,
             pretrained_cfg_overlay={"file": str(cached)},
         )
-    host = _weights_host(backbone)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"}
-    if host is None or offline or not reachable(host):
-        reason = "HF_HUB_OFFLINE is set" if offline else f"{host or 'the weights server'} cannot be reached"
+    reason = download_blocker(_weights_server(backbone), from_hugging_face=True)
+    if reason is not None:
         msg = (
             f"Cannot download pretrained weights for {backbone!r}: {reason}, and they are not in the local cache. "
             f"Pass a local timm state dict with backbone_weights=PATH (CLI: --model.backbone_weights PATH), "
-            f"or pre_trained=False for random weights."
+            f"or pre_trained=False for random weights. Testing, predicting or exporting a trained checkpoint "
+            f"(--ckpt_path) needs neither: its weights come from the checkpoint."
         )
         raise BackboneWeightsError(msg)
     return timm.create_model(backbone, pretrained=True, features_only=True, out_indices=out_indices)
+
+
+class _PendingPretrainedWeights:
+    """Forward pre-hook that fetches a feature extractor's pretrained weights on its first use.
+
+    A model about to receive a checkpoint does not need them: loading a state dict that holds the
+    extractor's weights cancels the hook, so ``anomalib test --ckpt_path`` never downloads. A
+    module-level class rather than a closure, so that a model holding it still pickles.
+    """
+
+    def __init__(self, backbone: str, layers: Sequence[str]) -> None:
+        self.backbone = backbone
+        self.layers = list(layers)
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def cancel(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def __call__(self, features: nn.Module, inputs: object) -> None:
+        del inputs
+        self.cancel()
+        pretrained = _create_pretrained(self.backbone, layer_indices(self.backbone, self.layers))
+        drop_unused_blocks(pretrained, self.layers)
+        device = next(features.parameters()).device
+        features.load_state_dict(pretrained.state_dict(), strict=True)
+        features.to(device)
+
+    def on_state_dict(self, features: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+        del features, args
+        if any(key.startswith(prefix) for key in state_dict):
+            self.cancel()
+
+
+def defer_pretrained_weights(features: nn.Module, backbone: str, layers: Sequence[str]) -> None:
+    """Give a randomly initialised extractor its pretrained weights on first use, unless a state dict comes first."""
+    pending = _PendingPretrainedWeights(backbone, layers)
+    pending.handles = [
+        features.register_forward_pre_hook(pending),
+        features.register_load_state_dict_pre_hook(pending.on_state_dict),
+    ]
+    features._pending_pretrained_weights = pending
+
+
+def materialise_pretrained_weights(features: nn.Module) -> None:
+    """Fetch deferred pretrained weights now (fail fast before a long run); nothing to do if none are pending."""
+    pending = getattr(features, "_pending_pretrained_weights", None)
+    if pending is not None and pending.handles:
+        pending(features, None)

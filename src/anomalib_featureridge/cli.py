@@ -1,10 +1,11 @@
-"""``anomalib-featureridge``: generate the demo dataset, or run the whole quick start offline.
+"""anomalib-featureridge: what anomalib's own CLI does not have, for FeatureRidge and WinClipPlus.
 
-Training, testing and export go through anomalib's own CLI (``anomalib train --model
-FeatureRidge``); this command only adds what anomalib does not have: a dataset generated on the
-spot, a one-command demo on it that needs no download, scoring a folder with an exported
-model (heatmap overlays at the original image size), and synthetic defects on your own good
-images so that thresholds and pixel metrics have positives.
+Training, testing and export go through anomalib's CLI (anomalib train --model FeatureRidge).
+This command adds: make-dataset (a defect dataset generated on the spot), demo (the whole quick
+start on it, offline and deterministic), predict (score a folder with an exported model and write
+heatmap overlays at the original image size), to-8bit (a copy of a dataset with 16-bit images scaled
+to 8 bits, which anomalib's readers would clip) and synthesize-defects (synthetic defects on your own
+good images, so that thresholds and pixel metrics have positives).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
+from anomalib_featureridge.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from anomalib_featureridge.deploy.precision import EXACT, PRECISIONS
 
 
@@ -22,7 +23,9 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", default="synthetic", help="category folder name (default: synthetic)")
     parser.add_argument("--image-size", type=int, default=128, help="image side in pixels (default: 128)")
     parser.add_argument("--n-train", type=int, default=24, help="good training images (default: 24)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; same seed, same files (and same demo metrics) (default: 0)"
+    )
     parser.add_argument("--grayscale", action="store_true", help="write single-channel images")
 
 
@@ -43,11 +46,14 @@ def _demo(args: argparse.Namespace) -> int:
     # Imported here so that `make-dataset` and `--help` stay fast.
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
 
     from anomalib_featureridge import FeatureRidge
 
     data_root = Path(args.root) / "data"
     make_synthetic_dataset(data_root, args.category, _spec(args), args.seed)
+    # The random backbone, the data order and anomalib's own draws all follow --seed.
+    seed_everything(args.seed, workers=True)
     if args.backbone_weights is None:
         print(f"Backbone {args.backbone} with random weights (no download). Real ImageNet weights score much")
         print("higher: pass --backbone-weights PATH (a timm state dict), or train with anomalib's CLI online.")
@@ -58,8 +64,9 @@ def _demo(args: argparse.Namespace) -> int:
         backbone_weights=args.backbone_weights,
     )
     datamodule = MVTecAD(root=data_root, category=args.category, num_workers=args.num_workers)
-    engine = Engine(default_root_dir=Path(args.root) / "results")
-    engine.train(model=model, datamodule=datamodule)
+    engine = Engine(default_root_dir=Path(args.root) / "results", deterministic="warn")
+    (metrics,) = engine.train(model=model, datamodule=datamodule)
+    print("Metrics: " + ", ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items())))
     results_dir = Path(engine.trainer.default_root_dir)
     print(f"Heatmaps: {results_dir / 'images'}")
     print(f"Checkpoint: {engine.best_model_path}")
@@ -67,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from anomalib_featureridge.deploy import predict_folder
+    from anomalib_featureridge.deploy.predict import predict_folder
 
     try:
         run = predict_folder(args.model, args.input, args.output, args.overwrite, args.precision)
@@ -127,7 +134,9 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (also used by the docs)."""
-    parser = argparse.ArgumentParser(prog="anomalib-featureridge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="anomalib-featureridge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     make = commands.add_parser("make-dataset", help="write the generated defect dataset in the MVTec AD layout")
@@ -136,9 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(handler=_make_dataset)
 
     demo = commands.add_parser("demo", help="generate the dataset, then train, test and write heatmaps (offline)")
-    demo.add_argument("--root", type=Path, default=Path("featureridge_demo"), help="output folder")
+    demo.add_argument(
+        "--root",
+        type=Path,
+        default=Path("featureridge_demo"),
+        help="output folder: data/ and results/ (default: featureridge_demo)",
+    )
     demo.add_argument("--backbone", default="resnet18", help="timm CNN (default: resnet18)")
-    demo.add_argument("--layers", nargs=2, default=["layer2", "layer3"], metavar=("SHALLOW", "DEEP"))
+    demo.add_argument(
+        "--layers",
+        nargs=2,
+        default=["layer2", "layer3"],
+        metavar=("SHALLOW", "DEEP"),
+        help="backbone layers: the shallow one predicts the deep one (default: layer2 layer3)",
+    )
     demo.add_argument("--backbone-weights", type=Path, default=None, help="local timm state dict")
     demo.add_argument("--num-workers", type=int, default=0, help="data loader workers (default: 0)")
     _add_dataset_options(demo)
@@ -147,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="score a folder with an exported model, write heatmap overlays")
     predict.add_argument("--model", type=Path, required=True, help="exported model.xml, model.onnx or model.pt")
     predict.add_argument("--input", type=Path, required=True, help="folder of images (searched recursively)")
-    predict.add_argument("--output", type=Path, default=Path("predictions"), help="output folder")
+    predict.add_argument(
+        "--output",
+        type=Path,
+        default=Path("predictions"),
+        help="output folder for overlays/ and predictions.csv (default: predictions)",
+    )
     predict.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run's predictions.csv and overlays/ in --output"
     )

@@ -1,15 +1,10 @@
-"""Running exported models on new images."""
+"""Running exported models on new images.
+
+``predict`` (scoring folders) imports anomalib and torch, so it is imported by name
+(``anomalib_featureridge.deploy.predict``) rather than here: the precision rule stays importable
+without them, which keeps ``anomalib-featureridge --help`` fast.
+"""
 
 from .precision import compile_openvino, openvino_config
-from .predict import Prediction, PredictionRun, list_images, map_to_original_size, predict_folder, predict_image
 
-__all__ = [
-    "Prediction",
-    "PredictionRun",
-    "compile_openvino",
-    "list_images",
-    "map_to_original_size",
-    "openvino_config",
-    "predict_folder",
-    "predict_image",
-]
+__all__ = ["compile_openvino", "openvino_config"]

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
+from anomalib_featureridge.backbone import defer_pretrained_weights, materialise_pretrained_weights
+
+from ..checkpoints import record_model_class, refuse_other_models_checkpoint
 from ..common import PreparedExportMixin, ScoringModelMixin
 from . import distributed
 from .ridge import RidgeStatistics
@@ -45,6 +49,7 @@ __all__ = ["FeatureRidge"]
 
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
+SCORING_SETTINGS = ("backbone", "layers", "rank", "alpha", "sigma", "keep_statistics")
 
 
 def _describe(geometry: dict[str, Any]) -> str:
@@ -92,10 +97,12 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        # Pretrained weights are fetched on first use: a checkpoint loaded first brings its own.
+        defer_weights = pre_trained and backbone_weights is None
         self.model: FeatureRidgeModel = FeatureRidgeModel(
             backbone=backbone,
             layers=layers,
-            pre_trained=pre_trained,
+            pre_trained=pre_trained and not defer_weights,
             backbone_weights=backbone_weights,
             alpha=alpha,
             sigma=sigma,
@@ -104,6 +111,8 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         )
         # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
         self._seen = 0
+        if defer_weights:
+            defer_pretrained_weights(self.model.feature_extractor, backbone, layers)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> FeatureRidge:  # noqa: ANN002, ANN003
@@ -113,28 +122,62 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the feature geometry apart from the hyper-parameters, which ``load_from_checkpoint`` overrides."""
+        """Record the scoring settings and the model class beside the hyper-parameters."""
         super().on_save_checkpoint(checkpoint)
-        checkpoint[TRAINED_WITH_KEY] = self._feature_geometry()
+        checkpoint[TRAINED_WITH_KEY] = self._scoring_settings()
+        record_model_class(checkpoint, self)
 
-    def _feature_geometry(self) -> dict[str, Any]:
-        """What fixes the shapes of the fitted tensors: a checkpoint only loads into the same."""
-        return {"backbone": self.model.backbone, "layers": list(self.model.layers), "rank": self.model.rank}
+    def _scoring_settings(self) -> dict[str, Any]:
+        """What the fitted tensors and the scores depend on (plus keep_statistics, which fixes the state's shape)."""
+        return {
+            "backbone": self.model.backbone,
+            "layers": list(self.model.layers),
+            "rank": self.model.rank,
+            "alpha": float(self.model.alpha),
+            "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
+            "keep_statistics": bool(self.model.keep_statistics),
+        }
+
+    @staticmethod
+    def _trained_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's scoring settings; older checkpoints keep some only in the hyper-parameters."""
+        saved = {**checkpoint.get("hyper_parameters", {}), **checkpoint.get(TRAINED_WITH_KEY, {})}
+        # A checkpoint from before the rank option has a full map.
+        trained = {key: saved.get(key, None if key == "rank" else _DEFAULTS[key]) for key in SCORING_SETTINGS}
+        trained["layers"] = list(trained["layers"])
+        trained["alpha"], trained["sigma"] = float(trained["alpha"]), float(trained["sigma"])
+        return trained
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint made with another backbone, layers or rank, naming both, before tensors are copied."""
-        saved = checkpoint.get(TRAINED_WITH_KEY) or checkpoint.get("hyper_parameters", {})
-        current = self._feature_geometry()
-        # A checkpoint from before the rank option has a full map.
-        trained = {key: saved.get(key, None if key == "rank" else value) for key, value in current.items()}
-        trained["layers"] = list(trained["layers"])
-        if trained != current:
-            settings = ", ".join(f"--model.{key}" for key in current)
+        """Score with the checkpoint's settings, before tensors are copied: defaults give way, other values are refused.
+
+        anomalib's ``test``/``predict --ckpt_path`` build the model from the command line first, defaults
+        included, while ``export`` rebuilds it from the checkpoint. A setting left at its default therefore
+        takes the checkpoint's value (so ``--ckpt_path`` alone is enough, and the tested and the exported
+        model are the same); a setting given with another value than the checkpoint's is an error, since a
+        fitted model scores correctly only with the settings it was fitted with.
+        """
+        path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
+        refuse_other_models_checkpoint(checkpoint, self, path)
+        trained = self._trained_settings(checkpoint)
+        current = self._scoring_settings()
+        differing = [key for key in SCORING_SETTINGS if current[key] != trained[key]]
+        conflicting = [key for key in differing if current[key] != _DEFAULTS[key]]
+        if conflicting:
+            source = f"The checkpoint {path}" if path else "This checkpoint"
+            flags = ", ".join(f"--model.{key}" for key in conflicting)
             msg = (
-                f"This checkpoint was trained with {_describe(trained)}, but the model is configured with "
-                f"{_describe(current)}. Pass the training settings ({settings}) with this checkpoint."
+                f"{source} was trained with {_describe({key: trained[key] for key in conflicting})}, but the model "
+                f"is configured with {_describe({key: current[key] for key in conflicting})}. A trained model scores "
+                f"only with its own settings: leave out {flags} (the checkpoint supplies every scoring setting), or "
+                f"pass the checkpoint's values."
             )
             raise ValueError(msg)
+        if differing:
+            logger.info("Settings from the checkpoint: %s.", _describe({key: trained[key] for key in differing}))
+            device = self.model.fitted.device
+            self.model = FeatureRidgeModel(**trained, pre_trained=False, backbone_weights=None).to(device)
+            self.hparams.update({**trained, "pre_trained": False, "backbone_weights": None})
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
@@ -145,7 +188,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         if stage == "fit" and train_data is not None and len(train_data) == 0:
             msg = (
                 f"FeatureRidge needs normal training images, but the training set of {type(datamodule).__name__} "
-                f"is empty. Check the dataset root, the category and its train/good folder."
+                f"is empty. {_empty_train_folder_hint(datamodule)}"
             )
             raise ValueError(msg)
         if distributed.world_size() > 1:
@@ -169,7 +212,11 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
             )
 
     def on_train_start(self) -> None:
-        """Fitting a fitted model adds the new images to its statistics (an incremental update) and re-solves."""
+        """Fetch deferred pretrained weights (a resumed checkpoint brought them); a fitted model is updated.
+
+        Fitting a fitted model adds the new images to its statistics (an incremental update) and re-solves.
+        """
+        materialise_pretrained_weights(self.model.feature_extractor)
         if bool(self.model.fitted):
             self.model.require_statistics()
             logger.info(
@@ -269,3 +316,29 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
     def learning_type(self) -> LearningType:
         """Trained on normal images only."""
         return LearningType.ONE_CLASS
+
+
+def _empty_train_folder_hint(datamodule: object) -> str:
+    """Name the folder anomalib read and, when it holds images it ignores, why (MVTecAD reads only .png)."""
+    root, category = getattr(datamodule, "root", None), getattr(datamodule, "category", None)
+    if root is None or category is None:
+        return "Check the dataset root, the category and its train/good folder."
+    folder = Path(root) / str(category) / "train" / "good"
+    if not folder.is_dir():
+        return f"The folder {folder} does not exist: check --data.root and --data.category."
+    ignored = sorted({path.suffix for path in folder.iterdir() if path.suffix.lower() != ".png" and path.is_file()})
+    if ignored:
+        return (
+            f"{folder} holds {', '.join(ignored)} files, but {type(datamodule).__name__} reads only .png: convert "
+            f"them to PNG, or use anomalib's Folder datamodule (--data Folder --data.normal_dir ...), which reads "
+            f"other formats."
+        )
+    return f"{folder} holds no .png images."
+
+
+_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(FeatureRidge.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+_DEFAULTS["layers"] = list(_DEFAULTS["layers"])

@@ -10,11 +10,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 from torch import nn
 
-from anomalib_featureridge.backbone import BackboneWeightsError, reachable
+from anomalib_featureridge.backbone import (
+    BackboneWeightsError,
+    download_blocker,
+    hugging_face_server,
+    reachable,
+    read_state_dict,
+    server_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +77,11 @@ def _cached_download(config: dict) -> Path | None:
     return None
 
 
-def _download_host(config: dict) -> str | None:
+def _download_server(config: dict) -> str | None:
     if config.get("url"):
-        return urlparse(config["url"]).hostname
+        return server_of(config["url"])
     if config.get("hf_hub"):
-        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        return hugging_face_server()
     return None
 
 
@@ -102,10 +108,8 @@ def _check_tag_is_obtainable(model_name: str, tag: str) -> None:
         raise ClipWeightsError(msg)
     if _cached_download(config) is not None:
         return
-    host = _download_host(config)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"} and bool(config.get("hf_hub"))
-    if host is None or offline or not reachable(host):
-        reason = "HF_HUB_OFFLINE is set" if offline else f"{host or 'the weights server'} cannot be reached"
+    reason = download_blocker(_download_server(config), from_hugging_face=bool(config.get("hf_hub")), probe=reachable)
+    if reason is not None:
         msg = (
             f"Cannot download the CLIP weights {model_name}/{tag}: {reason}, and they are not in the local cache. "
             f"Pass a local open_clip checkpoint file instead: pretrained=PATH (CLI: --model.pretrained PATH)."
@@ -114,13 +118,25 @@ def _check_tag_is_obtainable(model_name: str, tag: str) -> None:
 
 
 def load_checkpoint_strictly(model: nn.Module, model_name: str, path: Path) -> None:
-    """Load a local open_clip checkpoint; a file for another architecture is an error naming both."""
+    """Load a local open_clip checkpoint as tensors only (never pickled code); another architecture's file is an error.
+
+    The file is read with ``weights_only=True`` explicitly rather than through open_clip, which relies on
+    torch's default.
+    """
     if not path.is_file():
         msg = f"CLIP checkpoint file not found: {path}"
         raise ClipWeightsError(msg)
     open_clip = _open_clip()
     try:
-        open_clip.load_checkpoint(model, str(path))
+        state = read_state_dict(path)
+    except BackboneWeightsError as error:
+        raise ClipWeightsError(str(error).replace("Weights file", "CLIP checkpoint", 1)) from error
+    # Checkpoints saved from a DataParallel model prefix every key; OpenAI-format text weights sit at the top level.
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = open_clip.factory.convert_to_custom_text_state_dict(state)
+    try:
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, ValueError) as error:
         msg = (
             f"Checkpoint {path} does not match the open_clip backbone {model_name!r}; pass the backbone it was "

@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from ...data.images import refuse_high_bit_depth
+from ..checkpoints import record_model_class, refuse_other_models_checkpoint
 from ..common import PreparedExportMixin, ScoringModelMixin
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
@@ -114,8 +115,14 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         kwargs.setdefault("pretrained", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the model class, so that another model refuses the checkpoint by name."""
+        super().on_save_checkpoint(checkpoint)
+        record_model_class(checkpoint, self)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse few-shot references made with other window scales or stride before tensors are copied."""
+        """Refuse another model's checkpoint, and references made with other window scales or stride."""
+        refuse_other_models_checkpoint(checkpoint, self, getattr(getattr(self, "_trainer", None), "ckpt_path", None))
         self.model.check_references(checkpoint.get("state_dict", {}), prefix="model.")
         super().on_load_checkpoint(checkpoint)
 
