@@ -206,18 +206,22 @@ class SyntheticDefectMetric(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModu
         self.region_finder = ObjectRegionFinder.from_images(image for batch in images for image in batch)
         self.rng = np.random.default_rng([self.seed, self.global_rank])
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
-        """Every image once as it is and once per defect kind; cross-entropy of the metric head."""
-        del args, kwargs
-        images = batch.image
+    def synthetic_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every image once as it is (label 0) and once per defect kind (label ``1 + k``), with the defect masks."""
         kinds: list[str | None] = [None, *self.defect_kinds]
-        samples, _ = add_defects_to_batch(
+        samples, masks = add_defects_to_batch(
             images.repeat(len(kinds), 1, 1, 1),
             [kind for kind in kinds for _ in range(images.shape[0])],
             self.rng,
             self.region_finder,
         )
         labels = torch.arange(len(kinds), device=images.device).repeat_interleave(images.shape[0])
+        return samples, labels, masks
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
+        """Cross-entropy of the metric head on the batch and its synthetic defects."""
+        del args, kwargs
+        samples, labels, _ = self.synthetic_batch(batch.image)
         loss = F.cross_entropy(self.model.training_logits(samples, labels), labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=samples.shape[0])
         self.bank_is_stale = True
