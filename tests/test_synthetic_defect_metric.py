@@ -246,13 +246,13 @@ def test_only_the_chosen_blocks_are_fine_tuned() -> None:
 
 
 def test_training_decreases_the_loss_on_a_tiny_set() -> None:
-    model = tiny_model(loss="arcface")
+    model = tiny_model(loss="arcface", learning_rate=1e-3)
     images = _objects(4)
     samples, labels, _ = model.synthetic_batch(images)
     optimiser = model.configure_optimizers()
     model.model.train()
     losses = []
-    for _ in range(15):
+    for _ in range(30):
         optimiser.zero_grad()
         loss = F.cross_entropy(model.model.training_logits(samples, labels), labels)
         loss.backward()
@@ -377,3 +377,16 @@ def test_anomalib_train_command_line(synthetic_root: Path, tmp_path: Path) -> No
     assert model.defect_kinds == ["line"]
     assert model.model.scorer == "lof"
     assert model.model.bank.embeddings.shape[0] == 12
+
+
+def test_a_defect_that_cannot_be_drawn_is_left_out_and_counted() -> None:
+    flat = torch.full((2, 3, 64, 64), 0.5)  # a rotation changes nothing on a flat image
+    with pytest.raises(ValueError, match="distortion defect changed no pixel"):
+        add_defects_to_batch(flat, ["distortion", None], np.random.default_rng(0))
+    model = tiny_model()
+    model.on_train_epoch_start()
+    samples, labels, masks = model.synthetic_batch(flat)
+    assert labels.tolist() == [0, 0, 1, 1], "lines still show on a flat image; no distortion sample is made"
+    assert samples.shape[0] == masks.shape[0] == 4
+    assert model.defects_left_out == {"line": 0, "distortion": 2}
+    assert model.defects_asked == {"line": 2, "distortion": 2}

@@ -285,11 +285,31 @@ def check_image_size(height: int, width: int) -> None:
         raise ValueError(msg)
 
 
+def _defect_anywhere_if_needed(
+    image: np.ndarray, kind: str, rng: np.random.Generator, region: np.ndarray | None, allow_unchanged: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A defect inside ``region``, else anywhere; ``None`` (when allowed) if the image cannot take one at all."""
+    try:
+        return add_defect(image, kind, rng, region)
+    except ValueError:
+        if region is None and not allow_unchanged:
+            raise
+    if region is not None:
+        logger.info("A %s defect could not be made inside the object region; drawing it anywhere.", kind)
+        try:
+            return add_defect(image, kind, rng, None)
+        except ValueError:
+            if not allow_unchanged:
+                raise
+    return None
+
+
 def add_defects_to_batch(
     images: torch.Tensor,
     kinds: Sequence[str | None],
     rng: np.random.Generator,
     region_finder: ObjectRegionFinder | None = None,
+    allow_unchanged: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw defect ``kinds[i]`` on image ``i`` of a torch batch, for training on defects made on the fly.
 
@@ -297,7 +317,8 @@ def add_defects_to_batch(
     defective or not, is rounded to 8 bits as the generator works on ``uint8``; ``None`` leaves
     an image otherwise unchanged, so good and defective samples differ only by the defect.
     When a defect cannot be made inside the object (too flat there) it is retried on the whole
-    image before giving up.
+    image before giving up; with ``allow_unchanged`` that image is then returned unchanged with
+    an empty mask (for a caller that leaves such samples out) instead of raising.
 
     Returns:
         The images (same dtype and device) and the masks of changed pixels, ``(B, 1, H, W)`` bool.
@@ -323,13 +344,9 @@ def add_defects_to_batch(
         image = array[..., 0] if array.shape[2] == 1 else array
         if kind is not None:
             region = region_finder(image) if region_finder is not None else None
-            try:
-                image, masks[index] = add_defect(image, kind, rng, region)
-            except ValueError:
-                if region is None:
-                    raise
-                logger.info("A %s defect could not be made inside the object region; drawing it anywhere.", kind)
-                image, masks[index] = add_defect(image, kind, rng, None)
+            made = _defect_anywhere_if_needed(image, kind, rng, region, allow_unchanged)
+            if made is not None:
+                image, masks[index] = made
         results.append(image.reshape(array.shape))
     defective = torch.from_numpy(np.stack(results)).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255
     return defective, torch.from_numpy(masks)[:, None].to(images.device)

@@ -141,6 +141,8 @@ class SyntheticDefectMetric(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModu
         self.region_finder: ObjectRegionFinder | None = None
         self.rng = np.random.default_rng(seed)
         self.bank_is_stale = False
+        self.defects_left_out = dict.fromkeys(self.defect_kinds, 0)
+        self.defects_asked = dict.fromkeys(self.defect_kinds, 0)
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -207,16 +209,46 @@ class SyntheticDefectMetric(ScoringModelMixin, SingleFileOnnxMixin, AnomalibModu
         self.rng = np.random.default_rng([self.seed, self.global_rank])
 
     def synthetic_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every image once as it is (label 0) and once per defect kind (label ``1 + k``), with the defect masks."""
+        """Every image once as it is (label 0) and once per defect kind (label ``1 + k``), with the defect masks.
+
+        A defect that cannot be drawn on an image (a surface too flat for a visible distortion)
+        would be a good image labelled defective: that sample is left out and counted.
+        """
         kinds: list[str | None] = [None, *self.defect_kinds]
         samples, masks = add_defects_to_batch(
             images.repeat(len(kinds), 1, 1, 1),
             [kind for kind in kinds for _ in range(images.shape[0])],
             self.rng,
             self.region_finder,
+            allow_unchanged=True,
         )
         labels = torch.arange(len(kinds), device=images.device).repeat_interleave(images.shape[0])
-        return samples, labels, masks
+        keep = (labels == 0) | masks.flatten(1).any(dim=1)
+        for index, kind in enumerate(self.defect_kinds, start=1):
+            self.defects_left_out[kind] += int((~keep & (labels == index)).sum())
+            self.defects_asked[kind] += int((labels == index).sum())
+        return samples[keep], labels[keep], masks[keep]
+
+    def on_train_epoch_start(self) -> None:
+        """Count, per epoch, the defects that could not be drawn."""
+        self.defects_left_out = dict.fromkeys(self.defect_kinds, 0)
+        self.defects_asked = dict.fromkeys(self.defect_kinds, 0)
+
+    def on_train_epoch_end(self) -> None:
+        """Say which defect kinds could not be drawn on some images, and how often."""
+        for kind, missing in self.defects_left_out.items():
+            if missing:
+                logger.warning(
+                    "SyntheticDefectMetric: %d of %d %r samples this epoch could not be drawn (the surface is too "
+                    "flat for a visible %s) and were left out.%s",
+                    missing,
+                    self.defects_asked[kind],
+                    kind,
+                    kind,
+                    f" Consider defect_kinds without {kind!r} for this data."
+                    if missing == self.defects_asked[kind]
+                    else "",
+                )
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
         """Cross-entropy of the metric head on the batch and its synthetic defects."""
