@@ -347,3 +347,20 @@ def test_each_row_is_measured_from_the_same_seeded_random_state(synthetic_root, 
         with pytest.raises(DrawnError):
             benchmark.measure("Patchcore", "full", "synthetic", None, args, setup)
     assert draws[0] == draws[1]
+
+
+def test_synthetic_defect_metric_gets_the_run_backbone_and_its_options():
+    options = ["--defect-kinds", "line", "--metric-loss", "l2_softmax", "--metric-scorer", "lof"]
+    options += ["--metric-epochs", "3", "--metric-lr", "0.001"]
+    args = benchmark.parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
+    setup = benchmark.setup_from(args)
+    model = benchmark.build_model("SyntheticDefectMetric", setup, floor_channels=0)
+    assert model.model.backbone == "resnet18"
+    assert model.defect_kinds == ["line"]
+    assert model.model.scorer == "lof"
+    assert model.max_epochs == 3
+    assert model.learning_rate == 0.001
+    assert type(model.model.head).__name__ == "L2SoftmaxHead"
+    settings = benchmark.settings_of("SyntheticDefectMetric", setup)
+    assert settings == "kinds=line loss=l2_softmax scorer=lof epochs=3 lr=0.001"
+    assert benchmark.settings_of("FeatureRidge", setup) == "", "the options are SyntheticDefectMetric's only"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
 
-from anomalib_featureridge import FeatureRidge, WinClipPlus
+from anomalib_featureridge import FeatureRidge, SyntheticDefectMetric, WinClipPlus
 from anomalib_featureridge.deploy.precision import compile_openvino
 from anomalib_featureridge.models.common import PreparedExportMixin
 
@@ -89,7 +89,7 @@ def test_every_model_exports_in_every_format_without_setup(
     )
 
 
-@pytest.mark.parametrize("model_class", [FeatureRidge, WinClipPlus])
+@pytest.mark.parametrize("model_class", [FeatureRidge, WinClipPlus, SyntheticDefectMetric])
 def test_no_model_has_an_export_path_of_its_own(model_class: type) -> None:
     """A model prepares itself in ``export_context`` only: an override of one format would skip the others."""
     for method in ("to_torch", "to_onnx", "to_openvino"):

@@ -133,7 +133,7 @@ def test_plugin_names_do_not_shadow_built_in_models() -> None:
             """,
         ),
     )
-    assert out.strip() == "['FeatureRidge', 'WinClipPlus'] []"
+    assert out.strip() == "['FeatureRidge', 'SyntheticDefectMetric', 'WinClipPlus'] []"
 
 
 def test_disable_switch_leaves_anomalib_untouched() -> None:

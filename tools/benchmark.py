@@ -104,6 +104,8 @@ class Setup:
     warmup: int
     repeats: int
     seed: int
+    # SyntheticDefectMetric's options as (keyword, value) pairs; None keeps the model's default.
+    metric_options: tuple[tuple[str, Any], ...] = ()
 
 
 def model_class(name: str) -> type[AnomalibModule]:
@@ -115,33 +117,48 @@ def model_class(name: str) -> type[AnomalibModule]:
 
 
 # The run's model-specific options, by the keyword a model takes them as, and their label in a row.
-SETTING_LABELS = {"coreset_sampling_ratio": "coreset", "rank": "rank"}
+SETTING_LABELS = {
+    "coreset_sampling_ratio": "coreset",
+    "rank": "rank",
+    "defect_kinds": "kinds",
+    "loss": "loss",
+    "scorer": "scorer",
+    "max_epochs": "epochs",
+    "learning_rate": "lr",
+}
 
 
 def model_settings(cls: type[AnomalibModule], setup: Setup) -> dict[str, Any]:
     """The run's model-specific options that ``cls`` accepts: passed to it, and recorded in its rows."""
     accepted = inspect.signature(cls.__init__).parameters
-    values = {"coreset_sampling_ratio": setup.coreset_ratio, "rank": setup.ridge_rank}
+    values = {"coreset_sampling_ratio": setup.coreset_ratio, "rank": setup.ridge_rank, **dict(setup.metric_options)}
     return {key: value for key, value in values.items() if key in accepted and value is not None}
+
+
+def _label(value: Any) -> str:
+    return "+".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def settings_of(name: str, setup: Setup) -> str:
     """The model-specific settings recorded in each row (part of the row's identity for resuming)."""
     settings = model_settings(model_class(name), setup)
-    return " ".join(f"{SETTING_LABELS[key]}={value}" for key, value in settings.items())
+    return " ".join(f"{SETTING_LABELS[key]}={_label(value)}" for key, value in settings.items())
 
 
 def build_model(name: str, setup: Setup, floor_channels: int, k_shot: int | None = None) -> AnomalibModule:
     """Instantiate ``name`` with the shared backbone, weights and evaluator, passing only what it accepts.
 
-    CNN-feature models (those with ``layers``) share the timm backbone; CLIP models take the
-    ``--clip-*`` options, and ``k_shot`` reference images in few-shot runs.
+    CNN-feature models (those with ``layers``, or one ``layer`` like SyntheticDefectMetric) share
+    the timm backbone; CLIP models take the ``--clip-*`` options, and ``k_shot`` reference images
+    in few-shot runs.
     """
     cls = model_class(name)
     accepted = inspect.signature(cls.__init__).parameters
     options: dict[str, Any] = {"visualizer": False, "evaluator": FeatureRidge.configure_evaluator()}
-    if "layers" in accepted:
-        options |= {"backbone": setup.backbone, "layers": list(setup.layers)}
+    if "layers" in accepted or "layer" in accepted:
+        options["backbone"] = setup.backbone
+        if "layers" in accepted:
+            options["layers"] = list(setup.layers)
         options["pre_trained"] = setup.weights is None and not setup.random_init
     elif "backbone" in accepted and setup.clip_backbone is not None:
         options["backbone"] = setup.clip_backbone
@@ -547,6 +564,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--feature-ridge-rank", type=int, default=None, help="low-rank FeatureRidge head (default: full rank)"
     )
+    metric = parser.add_argument_group("SyntheticDefectMetric (each its model default when not given)")
+    metric.add_argument("--defect-kinds", nargs="+", default=None, help="synthetic defect classes besides good")
+    metric.add_argument("--metric-loss", default=None, help="softmax, l2_softmax, arcface or adacos")
+    metric.add_argument("--metric-scorer", default=None, help="cosine or lof")
+    metric.add_argument("--metric-epochs", type=int, default=None, help="training epochs")
+    metric.add_argument("--metric-lr", type=float, default=None, help="Adam learning rate")
     parser.add_argument("--clip-backbone", default=None, help="open_clip model for CLIP models (their default)")
     parser.add_argument(
         "--clip-pretrained", default=None, help="open_clip tag or local checkpoint for CLIP models; 'none': random"
@@ -586,6 +609,13 @@ def setup_from(args: argparse.Namespace) -> Setup:
         random_init=args.random_init,
         coreset_ratio=args.patchcore_coreset_ratio,
         ridge_rank=args.feature_ridge_rank,
+        metric_options=(
+            ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
+            ("loss", args.metric_loss),
+            ("scorer", args.metric_scorer),
+            ("max_epochs", args.metric_epochs),
+            ("learning_rate", args.metric_lr),
+        ),
         clip_backbone=args.clip_backbone,
         clip_pretrained=args.clip_pretrained,
         batch_size=args.batch_size,

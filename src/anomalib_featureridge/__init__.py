@@ -1,4 +1,4 @@
-"""FeatureRidge and WinClipPlus for anomalib, registered as if they were built in, and normal-only thresholds.
+"""FeatureRidge, WinClipPlus and SyntheticDefectMetric for anomalib, registered as if built in; normal-only thresholds.
 
 Importing this package is never needed: once installed, ``anomalib.models`` loads it through the
 ``anomalib.models`` entry point group (see ``anomalib_featureridge_plugin_loader``). The names
@@ -10,12 +10,22 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["FeatureRidge", "FeatureRidgeModel", "NormalQuantilePostProcessor", "WinClipPlus", "WinClipPlusModel"]
+__all__ = [
+    "FeatureRidge",
+    "FeatureRidgeModel",
+    "NormalQuantilePostProcessor",
+    "SyntheticDefectMetric",
+    "SyntheticDefectMetricModel",
+    "WinClipPlus",
+    "WinClipPlusModel",
+]
 __version__ = "0.1.0"
 
 _HOMES = {
     "FeatureRidge": ".models",
     "FeatureRidgeModel": ".models",
+    "SyntheticDefectMetric": ".models",
+    "SyntheticDefectMetricModel": ".models",
     "WinClipPlus": ".models",
     "WinClipPlusModel": ".models",
     "NormalQuantilePostProcessor": ".thresholds",

@@ -202,13 +202,15 @@ def create_feature_extractor(
     layers: Sequence[str],
     pre_trained: bool = True,
     backbone_weights: str | Path | None = None,
+    frozen: bool = True,
 ) -> nn.Module:
-    """Build a frozen ``features_only`` timm model returning the feature maps of ``layers``.
+    """Build a ``features_only`` timm model returning the feature maps of ``layers``, frozen unless told otherwise.
 
     ``backbone_weights`` (a local file) takes precedence over ``pre_trained`` and never touches
     the network. ``pre_trained`` uses the local cache when it has the weights and otherwise
     downloads them as timm does, after a quick reachability check so that an offline machine
-    gets an immediate, actionable error instead of a minute of retries.
+    gets an immediate, actionable error instead of a minute of retries. ``frozen=False`` leaves
+    the parameters trainable and the mode to the caller, for models that fine-tune the backbone.
     """
     out_indices = layer_indices(backbone, layers)
     if pre_trained and backbone_weights is None:
@@ -218,9 +220,10 @@ def create_feature_extractor(
     drop_unused_blocks(features, layers)
     if backbone_weights is not None:
         load_backbone_weights(features, backbone, backbone_weights)
-    features.eval()
-    for parameter in features.parameters():
-        parameter.requires_grad_(False)
+    if frozen:
+        features.eval()
+        for parameter in features.parameters():
+            parameter.requires_grad_(False)
     return features
 
 

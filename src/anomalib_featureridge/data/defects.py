@@ -43,6 +43,8 @@ DEFECT_KINDS = ("line", "distortion", "perlin")
 _REGION_SIZE = 256
 _ATTEMPTS = 20
 _MIN_CHANGE = 6
+# Below this the defaults give strokes and discs as large as the image (a distortion needs a 3-pixel radius).
+MIN_IMAGE_SIDE = 32
 
 
 def _as_float(image: np.ndarray) -> np.ndarray:
@@ -274,6 +276,86 @@ def add_defect(
             return defective, mask
     msg = f"A {kind} defect changed no pixel in {_ATTEMPTS} attempts: the object region is too flat or too small."
     raise ValueError(msg)
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Refuse images smaller than :data:`MIN_IMAGE_SIDE`, where a defect would cover most of the image."""
+    if min(height, width) < MIN_IMAGE_SIDE:
+        msg = (
+            f"Images of {height} x {width} pixels are too small for synthetic defects: the shorter side must be at "
+            f"least {MIN_IMAGE_SIDE} pixels. Resize them larger in the pre-processor (e.g. --model.image_size)."
+        )
+        raise ValueError(msg)
+
+
+def _defect_anywhere_if_needed(
+    image: np.ndarray, kind: str, rng: np.random.Generator, region: np.ndarray | None, allow_unchanged: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A defect inside ``region``, else anywhere; ``None`` (when allowed) if the image cannot take one at all."""
+    try:
+        return add_defect(image, kind, rng, region)
+    except ValueError:
+        if region is None and not allow_unchanged:
+            raise
+    if region is not None:
+        logger.info("A %s defect could not be made inside the object region; drawing it anywhere.", kind)
+        try:
+            return add_defect(image, kind, rng, None)
+        except ValueError:
+            if not allow_unchanged:
+                raise
+    return None
+
+
+def add_defects_to_batch(
+    images: torch.Tensor,
+    kinds: Sequence[str | None],
+    rng: np.random.Generator,
+    region_finder: ObjectRegionFinder | None = None,
+    allow_unchanged: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw defect ``kinds[i]`` on image ``i`` of a torch batch, for training on defects made on the fly.
+
+    ``images`` is ``(B, C, H, W)`` with values in [0, 1] (before normalisation). Every image,
+    defective or not, is rounded to 8 bits as the generator works on ``uint8``; ``None`` leaves
+    an image otherwise unchanged, so good and defective samples differ only by the defect.
+    When a defect cannot be made inside the object (too flat there) it is retried on the whole
+    image before giving up; with ``allow_unchanged`` that image is then returned unchanged with
+    an empty mask (for a caller that leaves such samples out) instead of raising.
+
+    Returns:
+        The images (same dtype and device) and the masks of changed pixels, ``(B, 1, H, W)`` bool.
+    """
+    if images.ndim != 4 or len(kinds) != images.shape[0]:
+        msg = f"Expected a (B, C, H, W) batch and one kind per image, got {tuple(images.shape)} and {len(kinds)}."
+        raise ValueError(msg)
+    if float(images.min()) < 0.0 or float(images.max()) > 1.0:
+        msg = (
+            f"Synthetic defects are drawn on images with values in [0, 1], got [{float(images.min()):.3g}, "
+            f"{float(images.max()):.3g}]: the images were normalised before the defects (normalise after them)."
+        )
+        raise ValueError(msg)
+    check_image_size(*images.shape[-2:])
+    unknown = sorted({kind for kind in kinds if kind is not None} - set(DEFECT_KINDS))
+    if unknown:
+        msg = f"Unknown defect kind {unknown}; choose from {DEFECT_KINDS}."
+        raise ValueError(msg)
+    arrays = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    masks = np.zeros((len(kinds), *arrays.shape[1:3]), dtype=bool)
+    results = []
+    for index, (array, kind) in enumerate(zip(arrays, kinds, strict=True)):
+        image = array[..., 0] if array.shape[2] == 1 else array
+        if kind is not None:
+            region = region_finder(image) if region_finder is not None else None
+            made = _defect_anywhere_if_needed(image, kind, rng, region, allow_unchanged)
+            if made is not None:
+                image, masks[index] = made
+        results.append(image.reshape(array.shape))
+    defective = torch.from_numpy(np.stack(results)).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255
+    return defective, torch.from_numpy(masks)[:, None].to(images.device)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def images_in(folder: str | Path) -> list[Path]:
