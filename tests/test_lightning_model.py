@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 from anomalib.data import MVTecAD, PredictDataset
+from anomalib.data.datasets import MVTecADDataset
 from anomalib.engine import Engine
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
 
@@ -163,3 +164,54 @@ def test_empty_training_set_is_a_clear_error(synthetic_root: Path, tmp_path: Pat
 def test_fit_without_images_names_the_training_set() -> None:
     with pytest.raises(ValueError, match="training set is empty"):
         _model().fit()
+
+
+class _FailingOnLastImage(MVTecADDataset):
+    """The training images, the last of which cannot be read (a corrupt file in the last batch)."""
+
+    def __getitem__(self, index: int):
+        if index == len(self) - 1:
+            msg = "image file is truncated"
+            raise OSError(msg)
+        return super().__getitem__(index)
+
+
+def _loader(dataset: MVTecADDataset) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=dataset.collate_fn)
+
+
+def test_a_failed_fit_leaves_nothing_behind(synthetic_root: Path, tmp_path: Path) -> None:
+    clean = _model()
+    _engine(tmp_path).fit(
+        model=clean, train_dataloaders=_loader(MVTecADDataset(root=synthetic_root, category="synthetic"))
+    )
+    model = _model()
+    failing = _FailingOnLastImage(root=synthetic_root, category="synthetic")
+    with pytest.raises(OSError, match="truncated"):
+        _engine(tmp_path).fit(model=model, train_dataloaders=_loader(failing))
+    assert model.model.statistics.is_empty
+    assert not bool(model.model.fitted)
+    _engine(tmp_path).fit(
+        model=model, train_dataloaders=_loader(MVTecADDataset(root=synthetic_root, category="synthetic"))
+    )
+    assert float(model.model.statistics.count) == float(clean.model.statistics.count)
+    torch.testing.assert_close(model.model.weight, clean.model.weight, rtol=0, atol=0)
+
+
+def test_a_failed_update_keeps_the_fitted_model(synthetic_root: Path, tmp_path: Path) -> None:
+    model = _model()
+    _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+    count, weight = float(model.model.statistics.count), model.model.weight.clone()
+    with pytest.raises(OSError, match="truncated"):
+        _engine(tmp_path).fit(
+            model=model, train_dataloaders=_loader(_FailingOnLastImage(root=synthetic_root, category="synthetic"))
+        )
+    assert float(model.model.statistics.count) == count
+    torch.testing.assert_close(model.model.weight, weight, rtol=0, atol=0)
+    _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+    assert float(model.model.statistics.count) == 2 * count
+
+
+def test_bad_settings_are_refused_when_the_model_is_built() -> None:
+    with pytest.raises(ValueError, match="alpha must be > 0 and finite"):
+        _model(alpha=float("nan"))

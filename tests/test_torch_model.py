@@ -166,6 +166,12 @@ def test_backbone_stays_in_eval_mode_while_training() -> None:
         ({"rank": 0}, r"rank must be between 1 and 255 \(below the 256 channels of 'layer3'\)"),
         ({"rank": 256}, r"rank must be between 1 and 255"),
         ({"layers": ("layer2", "layer9")}, r"no layer \['layer9'\].*'layer1', 'layer2', 'layer3', 'layer4'"),
+        ({"alpha": float("nan")}, "alpha must be > 0 and finite"),
+        ({"alpha": float("inf")}, "alpha must be > 0 and finite"),
+        ({"sigma": float("nan")}, "sigma must be >= 0 and finite"),
+        ({"sigma": float("inf")}, "sigma must be >= 0 and finite"),
+        ({"layers": ("layer2", "layer2")}, "two different layers.*'layer2' twice"),
+        ({"rank": 2.5}, r"rank must be between 1 and 255.*got 2.5"),
     ],
 )
 def test_bad_settings_are_refused(options: dict, message: str) -> None:
@@ -191,3 +197,23 @@ def test_separable_blur_equals_anomalibs_2d_gaussian(sigma: float) -> None:
 
 def test_blur_kernel_is_not_saved() -> None:
     assert not any(key.startswith("blur.") for key in small_model(sigma=4.0).state_dict())
+
+
+def test_two_identical_constant_images_warn_that_the_fit_is_degenerate() -> None:
+    model = small_model()
+    with pytest.warns(UserWarning, match=r"only \d+ are distinct, fewer than the 1152 inputs.*Most of them repeat"):
+        model.update(torch.full((2, 3, 64, 64), 0.5))
+
+
+def test_varied_images_fit_without_a_degeneracy_warning(recwarn: pytest.WarningsRecorder) -> None:
+    small_model().update(_normal_images(12, size=96))
+    assert not [warning for warning in recwarn if "distinct" in str(warning.message)]
+
+
+def test_accumulated_images_count_only_once_fitted() -> None:
+    model = small_model()
+    model.accumulate(_normal_images(2))
+    assert model.statistics.is_empty
+    model.fit()
+    assert float(model.statistics.count) == 2 * 64
+    assert model.pending.is_empty

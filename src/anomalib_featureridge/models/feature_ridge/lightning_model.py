@@ -285,7 +285,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         Called by the hooks that end a training epoch. Outside a fit (a ``validate`` after an
         interrupted fit) the rows of the unfinished fit are dropped, not committed.
         """
-        if self.trainer.state.fn != TrainerFn.FITTING:
+        if self._trainer is None or self._trainer.state.fn != TrainerFn.FITTING:
             self.model.discard_pending()
         reduce = partial(distributed.all_reduce, device=self.device) if distributed.world_size() > 1 else None
         self.model.fit(reduce)
