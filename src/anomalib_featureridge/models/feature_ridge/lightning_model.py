@@ -208,7 +208,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
             strategy.configure_ddp = partial(
                 distributed.synchronise,
                 self.model,
-                {"model": type(self).__name__, **self._feature_geometry(), "alpha": self.model.alpha},
+                {"model": type(self).__name__, **self._scoring_settings()},
             )
 
     def on_train_start(self) -> None:
