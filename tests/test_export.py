@@ -193,6 +193,7 @@ def test_low_rank_model_exports_to_onnx_with_the_same_scores(tmp_path: Path) -> 
         layers=list(SMALL_LAYERS),
         pre_trained=False,
         rank=16,
+        head="paper",
         pre_processor=False,
         post_processor=False,
     )

@@ -90,7 +90,7 @@ def test_checkpoint_of_another_rank_is_refused_naming_the_setting(trained, tmp_p
     _, engine, _ = trained
     engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
     with pytest.raises(ValueError, match=r"trained with .*rank=None.*configured with .*rank=16.*--model\.rank"):
-        FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt", rank=16)
+        FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt", rank=16, head="paper")
 
 
 def test_checkpoint_from_before_the_rank_option_loads_as_full_rank(trained, tmp_path: Path) -> None:
@@ -101,11 +101,11 @@ def test_checkpoint_from_before_the_rank_option_loads_as_full_rank(trained, tmp_
     checkpoint["hyper_parameters"].pop("rank")
     _model().on_load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match=r"rank=None.*rank=16"):
-        _model(rank=16).on_load_checkpoint(checkpoint)
+        _model(rank=16, head="paper").on_load_checkpoint(checkpoint)
 
 
 def test_low_rank_checkpoint_round_trip(synthetic_root: Path, tmp_path: Path) -> None:
-    model, engine = _model(rank=16), _engine(tmp_path)
+    model, engine = _model(rank=16, head="paper"), _engine(tmp_path)
     engine.fit(model=model, datamodule=_datamodule(synthetic_root))
     engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
     restored = FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt").eval()

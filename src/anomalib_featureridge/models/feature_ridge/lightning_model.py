@@ -30,6 +30,7 @@ from anomalib.visualization import Visualizer
 from torch import nn
 
 from ..common import ScoringModelMixin, SingleFileOnnxMixin
+from .positions import PositionStatistics
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -59,6 +60,9 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
         rank: Rank of the Ridge map; ``None`` (the paper) fits the full map. A rank below the deep
             layer's channel count makes scoring cheaper: with wide_resnet50_2, rank 128 runs at
             1.06x the backbone's time instead of 1.41x (docs/benchmarks.md).
+        head: ``"gaussian"`` (default): the regression centred per position, its residual scored by
+            the Mahalanobis norm plus how typical the shallow features are; ``"paper"``: the paper's
+            log squared error (docs/method.md). A checkpoint from before this option has the paper's head.
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.
@@ -75,6 +79,7 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
         sigma: float = 4.0,
         rank: int | None = None,
         keep_statistics: bool = True,
+        head: str = "gaussian",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -95,6 +100,7 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
             sigma=sigma,
             rank=rank,
             keep_statistics=keep_statistics,
+            head=head,
         )
 
     @classmethod
@@ -111,14 +117,20 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
 
     def _feature_geometry(self) -> dict[str, Any]:
         """What fixes the shapes of the fitted tensors: a checkpoint only loads into the same."""
-        return {"backbone": self.model.backbone, "layers": list(self.model.layers), "rank": self.model.rank}
+        return {
+            "backbone": self.model.backbone,
+            "layers": list(self.model.layers),
+            "rank": self.model.rank,
+            "head": self.model.head,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint made with another backbone, layers or rank, naming both, before tensors are copied."""
         saved = checkpoint.get(TRAINED_WITH_KEY) or checkpoint.get("hyper_parameters", {})
         current = self._feature_geometry()
-        # A checkpoint from before the rank option has a full map.
-        trained = {key: saved.get(key, None if key == "rank" else value) for key, value in current.items()}
+        # A checkpoint from before the rank option has a full map, one from before the head option the paper's head.
+        defaults = {"rank": None, "head": "paper"}
+        trained = {key: saved.get(key, defaults.get(key, value)) for key, value in current.items()}
         trained["layers"] = list(trained["layers"])
         if trained != current:
             settings = ", ".join(f"--model.{key}" for key in current)
@@ -171,12 +183,14 @@ class FeatureRidge(ScoringModelMixin, SingleFileOnnxMixin, MemoryBankMixin, Anom
     def export_context(self) -> Iterator[None]:
         """Exports need a fitted model and leave the training-only statistics out, without touching the live model."""
         self._require_fitted()
-        statistics = self.model.statistics
+        statistics, positions = self.model.statistics, self.model.positions
         self.model.statistics = RidgeStatistics().to(statistics.count.device)
+        if positions is not None:
+            self.model.positions = PositionStatistics().to(positions.count.device)
         try:
             yield
         finally:
-            self.model.statistics = statistics
+            self.model.statistics, self.model.positions = statistics, positions
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export for torch inference, without the sufficient statistics (they only serve updates)."""

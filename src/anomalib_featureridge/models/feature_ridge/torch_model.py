@@ -12,6 +12,11 @@ control flow, and nothing to export but a fixed-size weight. With ``rank`` set, 
 Ridge map of that rank, factored into a 3x3 convolution to ``rank`` channels and a 1x1 convolution
 back to the deep layer's: with wide_resnet50_2 (4,608 -> 1,024) and rank 256 the head costs 3.3x
 fewer multiplications.
+
+The default ``gaussian`` head (``head="gaussian"``) centres the regression per position, scores the
+residual by its Mahalanobis norm and adds how typical the shallow features are (a Gaussian with a
+mean per position and a shared covariance); ``head="paper"`` is the paper's log squared error.
+Both are convolutions after the backbone (docs/method.md).
 """
 
 from __future__ import annotations
@@ -26,10 +31,14 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_featureridge.backbone import create_feature_extractor
 
+from .positions import PositionStatistics, solve_gaussian_head
 from .ridge import RidgeStatistics
 
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
+HEADS = ("gaussian", "paper")
+# Buffers of the gaussian head sized by the feature grid, known only once data is seen.
+_GRID_BUFFERS = ("position_bias", "position_mean_x")
 
 
 def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
@@ -90,6 +99,9 @@ class FeatureRidgeModel(nn.Module):
             makes scoring cheaper, at the price of predicting only the deep features' leading
             directions; must be smaller than that count.
         keep_statistics: Keep the sufficient statistics after fitting (needed by :meth:`update`).
+        head: ``"gaussian"`` (default): per-position centring, Mahalanobis residual plus shallow-feature
+            typicality, score ``sqrt(d_res^2 + d_x^2)``; it keeps a mean per position, so inputs must
+            keep one size (the pre-processor's resize). ``"paper"``: the paper's ``log ||r||^2``.
     """
 
     def __init__(
@@ -102,6 +114,7 @@ class FeatureRidgeModel(nn.Module):
         sigma: float = 4.0,
         rank: int | None = None,
         keep_statistics: bool = True,
+        head: str = "gaussian",
     ) -> None:
         super().__init__()
         layers = list(layers)
@@ -114,6 +127,13 @@ class FeatureRidgeModel(nn.Module):
         if sigma < 0:
             msg = f"sigma must be >= 0, got {sigma}."
             raise ValueError(msg)
+        if head not in HEADS:
+            msg = f"head must be one of {HEADS}, got {head!r}."
+            raise ValueError(msg)
+        if head == "gaussian" and rank is not None:
+            msg = "rank is only available with head='paper' (the gaussian head whitens the full residual)."
+            raise ValueError(msg)
+        self.head = head
         self.backbone = backbone
         self.layers = layers
         self.alpha = float(alpha)
@@ -143,7 +163,29 @@ class FeatureRidgeModel(nn.Module):
         self.projection: torch.Tensor | None
         self.bias: torch.Tensor
         self.fitted: torch.Tensor
+        self._register_gaussian_head(in_channels, out_channels)
         self.blur = _gaussian_blur(sigma)
+
+    def _register_gaussian_head(self, in_channels: int, out_channels: int) -> None:
+        """The gaussian head's statistics and fitted tensors; ``None`` with the paper head, its state unchanged."""
+        gaussian = self.head == "gaussian"
+        self.positions = PositionStatistics() if gaussian else None
+        self.register_buffer("position_bias", torch.empty(0) if gaussian else None)
+        self.register_buffer("position_mean_x", torch.empty(0) if gaussian else None)
+        self.register_buffer("residual_whitening", torch.zeros(out_channels, out_channels, 1, 1) if gaussian else None)
+        self.register_buffer("x_whitening", torch.zeros(in_channels, in_channels, 1, 1) if gaussian else None)
+        self.position_bias: torch.Tensor | None
+        self.position_mean_x: torch.Tensor | None
+        self.residual_whitening: torch.Tensor | None
+        self.x_whitening: torch.Tensor | None
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        # The gaussian head's per-position maps are sized by the training grid: take the checkpoint's shapes.
+        for name in _GRID_BUFFERS:
+            saved = state_dict.get(prefix + name)
+            if saved is not None and getattr(self, name) is not None:
+                setattr(self, name, torch.empty_like(saved, device=self.weight.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> FeatureRidgeModel:
         """Switch mode but keep the frozen backbone in eval mode (BatchNorm must not adapt)."""
@@ -169,10 +211,15 @@ class FeatureRidgeModel(nn.Module):
         inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, self.weight.shape[1] * 9)
         targets = deep.permute(0, 2, 3, 1).reshape(-1, self.bias.shape[0])
         self.statistics.update(inputs, targets)
+        if self.positions is not None:
+            self.positions.update(shallow, deep)
 
     @torch.no_grad()
     def fit(self) -> None:
         """Solve the Ridge map from the accumulated statistics, then drop them unless kept."""
+        if self.positions is not None:
+            self._fit_gaussian()
+            return
         if self.projection is None:
             weight, bias = self.statistics.solve(self.alpha)
         else:
@@ -185,6 +232,27 @@ class FeatureRidgeModel(nn.Module):
         self.fitted.fill_(True)
         if not self.keep_statistics:
             self.statistics.clear()
+
+    def _fit_gaussian(self) -> None:
+        solved = solve_gaussian_head(
+            self.statistics.xtx,
+            self.statistics.xty,
+            float(self.statistics.count),
+            self.positions,
+            self.alpha,
+            NEIGHBOURHOOD,
+        )
+        out_channels, in_channels = self.weight.shape[:2]
+        dtype = self.weight.dtype
+        self.weight.copy_(solved["weight"].T.reshape(out_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        self.position_bias = solved["bias"].to(dtype)
+        self.position_mean_x = solved["mean_x"].to(dtype)
+        self.residual_whitening.copy_(solved["residual_whitening"][:, :, None, None])
+        self.x_whitening.copy_(solved["x_whitening"][:, :, None, None])
+        self.fitted.fill_(True)
+        if not self.keep_statistics:
+            self.statistics.clear()
+            self.positions.clear()
 
     def require_statistics(self) -> None:
         """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost."""
@@ -210,14 +278,30 @@ class FeatureRidgeModel(nn.Module):
         self.fit()
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Log squared prediction error on the shallow grid, ``(B, 1, h, w)``."""
+        """Patch scores on the shallow grid, ``(B, 1, h, w)``: the head's distance from normal."""
         shallow, deep = self.extract(images)
+        if self.position_bias is not None:
+            return self._gaussian_scores(shallow, deep)
         if self.projection is None:
             predicted = F.conv2d(shallow, self.weight, self.bias, padding=NEIGHBOURHOOD // 2)
         else:
             reduced = F.conv2d(shallow, self.weight, padding=NEIGHBOURHOOD // 2)
             predicted = F.conv2d(reduced, self.projection, self.bias)
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
+
+    def _gaussian_scores(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """``sqrt(||A_r (y - W x - b_p)||^2 + ||A_x (x - m_p)||^2)``: residual and shallow features, both whitened."""
+        if not torch.jit.is_tracing() and shallow.shape[-2:] != self.position_bias.shape[-2:]:
+            msg = (
+                f"The gaussian head was fitted on a {tuple(self.position_bias.shape[-2:])} feature grid but got "
+                f"{tuple(shallow.shape[-2:])}: score images of the training size (the pre-processor's resize)."
+            )
+            raise ValueError(msg)
+        predicted = F.conv2d(shallow, self.weight, padding=NEIGHBOURHOOD // 2) + self.position_bias
+        residual = F.conv2d(deep - predicted, self.residual_whitening)
+        typicality = F.conv2d(shallow - self.position_mean_x, self.x_whitening)
+        squared = residual.pow(2).sum(dim=1, keepdim=True) + typicality.pow(2).sum(dim=1, keepdim=True)
+        return torch.sqrt(squared)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score a batch: pixel map resized to the input, image score = its maximum."""
