@@ -49,7 +49,7 @@ def test_checkpoint_round_trip_gives_identical_scores(trained, synthetic_root: P
     path = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(path)
     restored = FeatureRidge.load_from_checkpoint(path, map_location="cpu").eval()
-    images = torch.rand(2, 3, 96, 96)
+    images = torch.rand(2, 3, 256, 256)  # the pre-processor size: the gaussian head keeps per-position means
     model.eval()
     original, loaded = model.model(images), restored.model(images)
     torch.testing.assert_close(loaded.anomaly_map, original.anomaly_map, rtol=0, atol=0)
@@ -65,7 +65,7 @@ def test_checkpoint_loads_without_the_original_weights_file(synthetic_root: Path
     engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
     weights.unlink()
     restored = FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt").eval()
-    images = torch.rand(1, 3, 64, 64)
+    images = torch.rand(1, 3, 256, 256)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
 
 
@@ -133,7 +133,7 @@ def test_predict_on_a_folder_of_new_images(trained, synthetic_root: Path) -> Non
 
 
 def test_fitting_again_adds_images_and_re_solves(synthetic_root: Path, tmp_path: Path) -> None:
-    model = _model()
+    model = _model(head="paper")
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
     first_count, first_weight = float(model.model.statistics.count), model.model.weight.clone()
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
@@ -163,3 +163,23 @@ def test_empty_training_set_is_a_clear_error(synthetic_root: Path, tmp_path: Pat
 def test_fit_without_images_names_the_training_set() -> None:
     with pytest.raises(ValueError, match="training set is empty"):
         _model().fit()
+
+
+def test_checkpoint_from_before_the_head_option_is_refused_by_the_default_and_loads_as_the_paper_head(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    model, engine = _model(head="paper"), _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+    path = tmp_path / "model.ckpt"
+    engine.trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    del checkpoint[TRAINED_WITH_KEY]["head"]
+    checkpoint["hyper_parameters"].pop("head")
+    torch.save(checkpoint, path)
+    with pytest.raises(
+        ValueError, match=r"trained with .*head='paper'.*configured with .*head='gaussian'.*--model\.head"
+    ):
+        FeatureRidge.load_from_checkpoint(path)
+    restored = FeatureRidge.load_from_checkpoint(path, head="paper").eval()
+    images = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
