@@ -36,6 +36,7 @@ from torch import nn
 
 from ..common import PreparedExportMixin, ScoringModelMixin
 from . import distributed
+from .positions import PositionStatistics
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -65,6 +66,11 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         rank: Rank of the Ridge map; ``None`` (the paper) fits the full map. A rank below the deep
             layer's channel count makes scoring cheaper: with wide_resnet50_2, rank 128 runs at
             1.06x the backbone's time instead of 1.41x (docs/benchmarks.md).
+        head: ``"paper"`` (default): the paper's log squared error, for images of any size.
+            ``"gaussian"`` (opt-in, ``--model.head gaussian``): the regression centred per position,
+            its residual scored by the Mahalanobis norm plus how typical the shallow features are;
+            it scores only images of the training size and fits on one device (docs/method.md).
+            A checkpoint from before this option has the paper's head.
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.
@@ -81,6 +87,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         sigma: float = 4.0,
         rank: int | None = None,
         keep_statistics: bool = True,
+        head: str = "paper",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -101,6 +108,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
             sigma=sigma,
             rank=rank,
             keep_statistics=keep_statistics,
+            head=head,
         )
         # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
         self._seen = 0
@@ -119,14 +127,20 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
 
     def _feature_geometry(self) -> dict[str, Any]:
         """What fixes the shapes of the fitted tensors: a checkpoint only loads into the same."""
-        return {"backbone": self.model.backbone, "layers": list(self.model.layers), "rank": self.model.rank}
+        return {
+            "backbone": self.model.backbone,
+            "layers": list(self.model.layers),
+            "rank": self.model.rank,
+            "head": self.model.head,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint made with another backbone, layers or rank, naming both, before tensors are copied."""
         saved = checkpoint.get(TRAINED_WITH_KEY) or checkpoint.get("hyper_parameters", {})
         current = self._feature_geometry()
-        # A checkpoint from before the rank option has a full map.
-        trained = {key: saved.get(key, None if key == "rank" else value) for key, value in current.items()}
+        # A checkpoint from before the rank option has a full map, one from before the head option the paper's head.
+        defaults = {"rank": None, "head": "paper"}
+        trained = {key: saved.get(key, defaults.get(key, value)) for key, value in current.items()}
         trained["layers"] = list(trained["layers"])
         if trained != current:
             settings = ", ".join(f"--model.{key}" for key in current)
@@ -154,6 +168,12 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
     def _setup_distributed(self, stage: str) -> None:
         """Data-parallel fits run on DDP without its gradient wrapper: same weights at the start, one all-reduce."""
         strategy = self.trainer.strategy
+        if self.model.head != "paper":
+            msg = (
+                f"FeatureRidge fits --model.head {self.model.head} on one device only (its per-position statistics "
+                "are not reduced across processes): pass --trainer.devices 1, or use --model.head paper."
+            )
+            raise ValueError(msg)
         if not isinstance(strategy, DDPStrategy):
             msg = (
                 f"FeatureRidge fits on several devices with Lightning's DDP strategies (ddp, ddp_spawn, torchrun, "
@@ -238,7 +258,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         Called by the hooks that end a training epoch. Outside a fit (a ``validate`` after an
         interrupted fit) the rows of the unfinished fit are dropped, not committed.
         """
-        if self.trainer.state.fn != TrainerFn.FITTING:
+        if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
             self.model.discard_pending()
         reduce = partial(distributed.all_reduce, device=self.device) if distributed.world_size() > 1 else None
         self.model.fit(reduce)
@@ -253,12 +273,14 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
     def export_context(self) -> Iterator[None]:
         """Every export needs a fitted model and leaves the training-only statistics out (the live model keeps them)."""
         self._require_fitted()
-        statistics = self.model.statistics
+        statistics, positions = self.model.statistics, self.model.positions
         self.model.statistics = RidgeStatistics().to(statistics.count.device)
+        if positions is not None:
+            self.model.positions = PositionStatistics().to(positions.count.device)
         try:
             yield
         finally:
-            self.model.statistics = statistics
+            self.model.statistics, self.model.positions = statistics, positions
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
