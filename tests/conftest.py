@@ -30,9 +30,9 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_model(**kwargs: object) -> FeatureRidgeModel:
-    """A random-initialised resnet18 FeatureRidge (seeded, so every call builds the same weights)."""
+    """A random-initialised resnet18 FeatureRidge (seeded: same weights every call), paper head."""
     torch.manual_seed(0)
-    options = {"backbone": SMALL_BACKBONE, "layers": SMALL_LAYERS, "pre_trained": False, "sigma": 0.0}
+    options = {"backbone": SMALL_BACKBONE, "layers": SMALL_LAYERS, "pre_trained": False, "sigma": 0.0, "head": "paper"}
     options.update(kwargs)
     return FeatureRidgeModel(**options).eval()
 

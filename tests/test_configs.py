@@ -11,7 +11,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 def test_configs_are_shipped() -> None:
     names = {path.name for path in CONFIGS}
-    assert {"feature_ridge.yaml", "feature_ridge_paper.yaml", "feature_ridge_offline_lite2.yaml"} <= names
+    assert {
+        "feature_ridge.yaml",
+        "feature_ridge_paper.yaml",
+        "feature_ridge_offline_lite2.yaml",
+        "feature_ridge_gaussian.yaml",
+    } <= names
     assert {"win_clip_plus.yaml", "win_clip_plus_4shot.yaml"} <= names
     assert "synthetic_defect_metric.yaml" in names
 

@@ -29,12 +29,11 @@ TOLERANCE = 1e-4
 EXACT_OPENVINO = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-@pytest.fixture(scope="module")
-def exported(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A trained small model, its checkpoint and its three exports."""
-    workdir = tmp_path_factory.mktemp("export")
+def _train_and_export(synthetic_root: Path, workdir: Path, head: str) -> dict:
     torch.manual_seed(0)
-    model = FeatureRidge(backbone=SMALL_BACKBONE, layers=list(SMALL_LAYERS), pre_trained=False, visualizer=False)
+    model = FeatureRidge(
+        backbone=SMALL_BACKBONE, layers=list(SMALL_LAYERS), pre_trained=False, head=head, visualizer=False
+    )
     datamodule = MVTecAD(
         root=synthetic_root, category="synthetic", train_batch_size=4, eval_batch_size=8, num_workers=0
     )
@@ -50,6 +49,18 @@ def exported(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     images = sorted((synthetic_root / "synthetic" / "test").rglob("*.png"))[:6]
     return {"model": model, "checkpoint": checkpoint, "paths": paths, "images": images, "workdir": workdir}
+
+
+@pytest.fixture(scope="module")
+def exported(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A trained small model (the default, paper head), its checkpoint and its three exports."""
+    return _train_and_export(synthetic_root, tmp_path_factory.mktemp("export"), "paper")
+
+
+@pytest.fixture(scope="module")
+def exported_gaussian(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same with the opt-in gaussian head, whose per-position tensors must export too."""
+    return _train_and_export(synthetic_root, tmp_path_factory.mktemp("export_gaussian"), "gaussian")
 
 
 def _reference(model: FeatureRidge, image_paths: list[Path]) -> dict[str, np.ndarray]:
@@ -79,7 +90,11 @@ def test_onnx_runtime_matches_torch_for_any_batch_size(exported: dict) -> None:
     assert set(reference["pred_label"].reshape(-1).tolist()) == {False, True}, "the check must see both labels"
 
 
-def test_openvino_inferencer_matches_torch(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fixture", ["exported", "exported_gaussian"])
+def test_openvino_inferencer_matches_torch(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exported = request.getfixturevalue(fixture)
     monkeypatch.chdir(tmp_path)  # anomalib's OpenVINOInferencer writes ./openvino_cache
     inferencer = OpenVINOInferencer(path=exported["paths"]["openvino"], device="CPU", config=EXACT_OPENVINO)
     for path in exported["images"]:
@@ -338,6 +353,7 @@ def test_low_rank_model_exports_to_onnx_with_the_same_scores(tmp_path: Path) -> 
         layers=list(SMALL_LAYERS),
         pre_trained=False,
         rank=16,
+        head="paper",
         pre_processor=False,
         post_processor=False,
     )

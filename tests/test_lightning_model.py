@@ -91,7 +91,7 @@ def test_checkpoint_of_another_rank_is_refused_naming_the_setting(trained, tmp_p
     _, engine, _ = trained
     engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
     with pytest.raises(ValueError, match=r"trained with .*rank=None.*configured with .*rank=16.*--model\.rank"):
-        FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt", rank=16)
+        FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt", rank=16, head="paper")
 
 
 def test_checkpoint_from_before_the_rank_option_loads_as_full_rank(trained, tmp_path: Path) -> None:
@@ -102,11 +102,11 @@ def test_checkpoint_from_before_the_rank_option_loads_as_full_rank(trained, tmp_
     checkpoint["hyper_parameters"].pop("rank")
     _model().on_load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match=r"rank=None.*rank=16"):
-        _model(rank=16).on_load_checkpoint(checkpoint)
+        _model(rank=16, head="paper").on_load_checkpoint(checkpoint)
 
 
 def test_low_rank_checkpoint_round_trip(synthetic_root: Path, tmp_path: Path) -> None:
-    model, engine = _model(rank=16), _engine(tmp_path)
+    model, engine = _model(rank=16, head="paper"), _engine(tmp_path)
     engine.fit(model=model, datamodule=_datamodule(synthetic_root))
     engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
     restored = FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt").eval()
@@ -134,7 +134,7 @@ def test_predict_on_a_folder_of_new_images(trained, synthetic_root: Path) -> Non
 
 
 def test_fitting_again_adds_images_and_re_solves(synthetic_root: Path, tmp_path: Path) -> None:
-    model = _model()
+    model = _model(head="paper")
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
     first_count, first_weight = float(model.model.statistics.count), model.model.weight.clone()
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
@@ -215,3 +215,40 @@ def test_a_failed_update_keeps_the_fitted_model(synthetic_root: Path, tmp_path: 
 def test_bad_settings_are_refused_when_the_model_is_built() -> None:
     with pytest.raises(ValueError, match="alpha must be > 0 and finite"):
         _model(alpha=float("nan"))
+
+
+def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    model, engine = _model(), _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+    path = tmp_path / "model.ckpt"
+    engine.trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    del checkpoint[TRAINED_WITH_KEY]["head"]
+    checkpoint["hyper_parameters"].pop("head")
+    torch.save(checkpoint, path)
+    with pytest.raises(
+        ValueError, match=r"trained with .*head='paper'.*configured with .*head='gaussian'.*--model\.head"
+    ):
+        FeatureRidge.load_from_checkpoint(path, head="gaussian")
+    restored = FeatureRidge.load_from_checkpoint(path).eval()
+    assert restored.model.head == "paper"
+    images = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
+
+
+def test_gaussian_checkpoint_is_refused_by_a_paper_model_naming_the_setting(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    model, engine = _model(head="gaussian"), _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+    path = tmp_path / "model.ckpt"
+    engine.trainer.save_checkpoint(path)
+    with pytest.raises(
+        ValueError, match=r"trained with .*head='gaussian'.*configured with .*head='paper'.*--model\.head"
+    ):
+        FeatureRidge.load_from_checkpoint(path, head="paper")
+    restored = FeatureRidge.load_from_checkpoint(path, head="gaussian").eval()
+    images = torch.rand(1, 3, 256, 256)  # the pre-processor's size: the gaussian head keeps per-position means
+    torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)

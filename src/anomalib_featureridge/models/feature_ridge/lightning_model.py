@@ -40,6 +40,7 @@ from anomalib_featureridge.backbone import defer_pretrained_weights, materialise
 from ..checkpoints import record_model_class, refuse_other_models_checkpoint
 from ..common import PreparedExportMixin, ScoringModelMixin
 from . import distributed
+from .positions import PositionStatistics
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -49,7 +50,7 @@ __all__ = ["FeatureRidge"]
 
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
-SCORING_SETTINGS = ("backbone", "layers", "rank", "alpha", "sigma", "keep_statistics")
+SCORING_SETTINGS = ("backbone", "layers", "head", "rank", "alpha", "sigma", "keep_statistics")
 
 
 def _describe(geometry: dict[str, Any]) -> str:
@@ -70,6 +71,11 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         rank: Rank of the Ridge map; ``None`` (the paper) fits the full map. A rank below the deep
             layer's channel count makes scoring cheaper: with wide_resnet50_2, rank 128 runs at
             1.06x the backbone's time instead of 1.41x (docs/benchmarks.md).
+        head: ``"paper"`` (default): the paper's log squared error, for images of any size.
+            ``"gaussian"`` (opt-in, ``--model.head gaussian``): the regression centred per position,
+            its residual scored by the Mahalanobis norm plus how typical the shallow features are;
+            it scores only images of the training size and fits on one device (docs/method.md).
+            A checkpoint from before this option has the paper's head.
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.
@@ -86,6 +92,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         sigma: float = 4.0,
         rank: int | None = None,
         keep_statistics: bool = True,
+        head: str = "paper",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -108,6 +115,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
             sigma=sigma,
             rank=rank,
             keep_statistics=keep_statistics,
+            head=head,
         )
         # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
         self._seen = 0
@@ -132,6 +140,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         return {
             "backbone": self.model.backbone,
             "layers": list(self.model.layers),
+            "head": self.model.head,
             "rank": self.model.rank,
             "alpha": float(self.model.alpha),
             "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
@@ -197,6 +206,12 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
     def _setup_distributed(self, stage: str) -> None:
         """Data-parallel fits run on DDP without its gradient wrapper: same weights at the start, one all-reduce."""
         strategy = self.trainer.strategy
+        if self.model.head != "paper":
+            msg = (
+                f"FeatureRidge fits --model.head {self.model.head} on one device only (its per-position statistics "
+                "are not reduced across processes): pass --trainer.devices 1, or use --model.head paper."
+            )
+            raise ValueError(msg)
         if not isinstance(strategy, DDPStrategy):
             msg = (
                 f"FeatureRidge fits on several devices with Lightning's DDP strategies (ddp, ddp_spawn, torchrun, "
@@ -300,12 +315,14 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
     def export_context(self) -> Iterator[None]:
         """Every export needs a fitted model and leaves the training-only statistics out (the live model keeps them)."""
         self._require_fitted()
-        statistics = self.model.statistics
+        statistics, positions = self.model.statistics, self.model.positions
         self.model.statistics = RidgeStatistics().to(statistics.count.device)
+        if positions is not None:
+            self.model.positions = PositionStatistics().to(positions.count.device)
         try:
             yield
         finally:
-            self.model.statistics = statistics
+            self.model.statistics, self.model.positions = statistics, positions
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

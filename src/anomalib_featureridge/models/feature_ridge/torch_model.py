@@ -12,6 +12,11 @@ control flow, and nothing to export but a fixed-size weight. With ``rank`` set, 
 Ridge map of that rank, factored into a 3x3 convolution to ``rank`` channels and a 1x1 convolution
 back to the deep layer's: with wide_resnet50_2 (4,608 -> 1,024) and rank 256 the head costs 3.3x
 fewer multiplications.
+
+The default ``head="paper"`` is the paper's log squared error. The opt-in ``head="gaussian"``
+centres the regression per position, scores the residual by its Mahalanobis norm and adds how
+typical the shallow features are (a Gaussian with a mean per position and a shared covariance);
+it only scores images of the training size. Both are convolutions after the backbone (docs/method.md).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch.nn import functional as F  # noqa: N812
 from anomalib_featureridge.backbone import create_feature_extractor
 
 from .neighbourhood import NeighbourhoodMoments
+from .positions import PositionStatistics, solve_gaussian_head
 from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank
 
 # Combines one process's pending statistics and row fingerprints with the other processes' ones.
@@ -36,6 +42,9 @@ Reduction = Callable[[RidgeMoments | None, set[float]], tuple[RidgeMoments | Non
 
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
+HEADS = ("gaussian", "paper")
+# Buffers of the gaussian head sized by the feature grid, known only once data is seen.
+_GRID_BUFFERS = ("position_bias", "position_mean_x")
 
 
 def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
@@ -96,6 +105,10 @@ class FeatureRidgeModel(nn.Module):
             makes scoring cheaper, at the price of predicting only the deep features' leading
             directions; must be smaller than that count.
         keep_statistics: Keep the sufficient statistics after fitting (needed by :meth:`update`).
+        head: ``"paper"`` (default): the paper's ``log ||r||^2``. ``"gaussian"`` (opt-in): per-position
+            centring, Mahalanobis residual plus shallow-feature typicality, score ``sqrt(d_res^2 + d_x^2)``;
+            it keeps a mean per position, so inputs must keep one size (the pre-processor's resize),
+            and it has no distributed fit.
     """
 
     def __init__(
@@ -108,6 +121,7 @@ class FeatureRidgeModel(nn.Module):
         sigma: float = 4.0,
         rank: int | None = None,
         keep_statistics: bool = True,
+        head: str = "paper",
     ) -> None:
         super().__init__()
         layers = list(layers)
@@ -120,6 +134,13 @@ class FeatureRidgeModel(nn.Module):
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             msg = f"sigma must be >= 0 and finite (0 switches smoothing off), got {sigma!r}."
             raise ValueError(msg)
+        if head not in HEADS:
+            msg = f"head must be one of {HEADS}, got {head!r}."
+            raise ValueError(msg)
+        if head == "gaussian" and rank is not None:
+            msg = "rank is only available with head='paper' (the gaussian head whitens the full residual)."
+            raise ValueError(msg)
+        self.head = head
         self.backbone = backbone
         self.layers = layers
         self.alpha = check_alpha(alpha)
@@ -137,6 +158,8 @@ class FeatureRidgeModel(nn.Module):
         self.statistics = RidgeStatistics()
         # Rows of the fit in progress: committed to ``statistics`` only by a successful :meth:`fit`.
         self.pending = NeighbourhoodMoments()
+        # The gaussian head's pending per-position sums, likewise (see :meth:`_pending_positions`).
+        self.__dict__["_positions_pending"] = None
         head_channels = out_channels if rank is None else rank
         self.register_buffer("weight", torch.zeros(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
         # The low-rank map's 1x1 back-projection to the deep channels (orthonormal columns); None when full.
@@ -147,7 +170,29 @@ class FeatureRidgeModel(nn.Module):
         self.projection: torch.Tensor | None
         self.bias: torch.Tensor
         self.fitted: torch.Tensor
+        self._register_gaussian_head(in_channels, out_channels)
         self.blur = _gaussian_blur(sigma)
+
+    def _register_gaussian_head(self, in_channels: int, out_channels: int) -> None:
+        """The gaussian head's statistics and fitted tensors; ``None`` with the paper head, its state unchanged."""
+        gaussian = self.head == "gaussian"
+        self.positions = PositionStatistics() if gaussian else None
+        self.register_buffer("position_bias", torch.empty(0) if gaussian else None)
+        self.register_buffer("position_mean_x", torch.empty(0) if gaussian else None)
+        self.register_buffer("residual_whitening", torch.zeros(out_channels, out_channels, 1, 1) if gaussian else None)
+        self.register_buffer("x_whitening", torch.zeros(in_channels, in_channels, 1, 1) if gaussian else None)
+        self.position_bias: torch.Tensor | None
+        self.position_mean_x: torch.Tensor | None
+        self.residual_whitening: torch.Tensor | None
+        self.x_whitening: torch.Tensor | None
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        # The gaussian head's per-position maps are sized by the training grid: take the checkpoint's shapes.
+        for name in _GRID_BUFFERS:
+            saved = state_dict.get(prefix + name)
+            if saved is not None and getattr(self, name) is not None:
+                setattr(self, name, torch.empty_like(saved, device=self.weight.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> FeatureRidgeModel:
         """Switch mode but keep the frozen backbone in eval mode (BatchNorm must not adapt)."""
@@ -174,23 +219,39 @@ class FeatureRidgeModel(nn.Module):
     @torch.no_grad()
     def accumulate(self, images: torch.Tensor) -> None:
         """Add a batch of normal images to the pending statistics; :meth:`fit` commits them and re-solves."""
-        self.pending.add(*self.backbone_maps(images))
+        shallow, deep = self.backbone_maps(images)
+        self.pending.add(shallow, deep)
+        if self.positions is not None:
+            self._pending_positions().update(shallow, upsample_to(deep, shallow))
+
+    def _pending_positions(self) -> PositionStatistics:
+        """The gaussian head's per-position sums of the fit in progress (kept out of the state dict)."""
+        if self._positions_pending is None:
+            # Set through __dict__: a registered module would put an unfinished fit into checkpoints.
+            self.__dict__["_positions_pending"] = PositionStatistics().to(self.weight.device)
+        return self._positions_pending
 
     def discard_pending(self) -> bool:
         """Forget the rows accumulated since the last fit (an unfinished fit); True if there were any."""
         discarded = not self.pending.is_empty
         self.pending = NeighbourhoodMoments()
+        self.__dict__["_positions_pending"] = None
         return discarded
 
     @torch.no_grad()
     def fit(self, reduce: Reduction | None = None) -> None:
-        """Add the pending rows to the statistics and solve the Ridge map, all or nothing.
+        """Add the pending rows to the statistics and solve the map, all or nothing.
 
-        ``reduce`` combines the pending rows with other processes' (a distributed fit). The
-        statistics, the map and ``fitted`` change only when the solve succeeds; the pending rows
-        are used up either way, so a failed fit is never counted twice.
+        ``reduce`` combines the pending rows with other processes' (a distributed fit; the paper
+        head only). The statistics, the map and ``fitted`` change only when the solve succeeds; the
+        pending rows are used up either way, so a failed fit is never counted twice.
         """
         pending, self.pending = self.pending, NeighbourhoodMoments()
+        pending_positions = self._positions_pending
+        self.__dict__["_positions_pending"] = None
+        if reduce is not None and self.positions is not None:
+            msg = "A distributed fit supports only head='paper'; fit --model.head gaussian on one device."
+            raise ValueError(msg)
         moments = None if pending.is_empty else pending.moments()
         distinct = pending.distinct
         if reduce is not None:
@@ -198,6 +259,12 @@ class FeatureRidgeModel(nn.Module):
         statistics = self.statistics if moments is None else self.statistics.combined_with(moments)
         if self.statistics.is_empty and moments is not None:
             self._warn_if_degenerate(float(moments.count), len(distinct))
+        if self.positions is not None:
+            positions = self.positions.combined_with(pending_positions)
+            self._fit_gaussian(statistics, positions)
+            self.statistics, self.positions = statistics, positions
+            self._finish_fit()
+            return
         if self.projection is None:
             weight, bias = statistics.solve(self.alpha)
         else:
@@ -208,9 +275,15 @@ class FeatureRidgeModel(nn.Module):
         # W is (9 C_in, C_head) with rows ordered c * 9 + k: transposed and reshaped, it is the conv kernel.
         self.weight.copy_(weight.T.reshape(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
         self.bias.copy_(bias)
+        self._finish_fit()
+
+    def _finish_fit(self) -> None:
+        """Mark the model fitted and drop the statistics unless they are kept for updates."""
         self.fitted.fill_(True)
         if not self.keep_statistics:
             self.statistics.clear()
+            if self.positions is not None:
+                self.positions.clear()
 
     def _warn_if_degenerate(self, rows: float, distinct: int) -> None:
         """Warn when the training rows cannot determine the map: fewer distinct ones than inputs."""
@@ -225,6 +298,19 @@ class FeatureRidgeModel(nn.Module):
             "normal images."
         )
         warnings.warn(msg, UserWarning, stacklevel=4)
+
+    def _fit_gaussian(self, statistics: RidgeStatistics, positions: PositionStatistics) -> None:
+        """Solve the gaussian head from the combined sums; nothing changes if the solve fails."""
+        solved = solve_gaussian_head(
+            statistics.xtx, statistics.xty, float(statistics.count), positions, self.alpha, NEIGHBOURHOOD
+        )
+        out_channels, in_channels = self.weight.shape[:2]
+        dtype = self.weight.dtype
+        self.weight.copy_(solved["weight"].T.reshape(out_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        self.position_bias = solved["bias"].to(dtype)
+        self.position_mean_x = solved["mean_x"].to(dtype)
+        self.residual_whitening.copy_(solved["residual_whitening"][:, :, None, None])
+        self.x_whitening.copy_(solved["x_whitening"][:, :, None, None])
 
     def require_statistics(self) -> None:
         """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost."""
@@ -245,19 +331,40 @@ class FeatureRidgeModel(nn.Module):
         """
         self.require_statistics()
         batches = [images] if isinstance(images, torch.Tensor) else images
-        for batch in batches:
-            self.accumulate(batch.unsqueeze(0) if batch.ndim == 3 else batch)
+        try:
+            for batch in batches:
+                self.accumulate(batch.unsqueeze(0) if batch.ndim == 3 else batch)
+        except BaseException:
+            # A refused batch fails the whole update: none of its rows may reach a later fit.
+            self.discard_pending()
+            raise
         self.fit()
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Log squared prediction error on the shallow grid, ``(B, 1, h, w)``."""
+        """Patch scores on the shallow grid, ``(B, 1, h, w)``: the head's distance from normal."""
         shallow, deep = self.extract(images)
+        if self.position_bias is not None:
+            return self._gaussian_scores(shallow, deep)
         if self.projection is None:
             predicted = F.conv2d(shallow, self.weight, self.bias, padding=NEIGHBOURHOOD // 2)
         else:
             reduced = F.conv2d(shallow, self.weight, padding=NEIGHBOURHOOD // 2)
             predicted = F.conv2d(reduced, self.projection, self.bias)
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
+
+    def _gaussian_scores(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """``sqrt(||A_r (y - W x - b_p)||^2 + ||A_x (x - m_p)||^2)``: residual and shallow features, both whitened."""
+        if not torch.jit.is_tracing() and shallow.shape[-2:] != self.position_bias.shape[-2:]:
+            msg = (
+                f"The gaussian head was fitted on a {tuple(self.position_bias.shape[-2:])} feature grid but got "
+                f"{tuple(shallow.shape[-2:])}: score images of the training size (the pre-processor's resize)."
+            )
+            raise ValueError(msg)
+        predicted = F.conv2d(shallow, self.weight, padding=NEIGHBOURHOOD // 2) + self.position_bias
+        residual = F.conv2d(deep - predicted, self.residual_whitening)
+        typicality = F.conv2d(shallow - self.position_mean_x, self.x_whitening)
+        squared = residual.pow(2).sum(dim=1, keepdim=True) + typicality.pow(2).sum(dim=1, keepdim=True)
+        return torch.sqrt(squared)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score a batch: pixel map resized to the input, image score = its maximum."""
