@@ -150,9 +150,15 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
     @staticmethod
     def _trained_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint's scoring settings; older checkpoints keep some only in the hyper-parameters."""
-        saved = {**checkpoint.get("hyper_parameters", {}), **checkpoint.get(TRAINED_WITH_KEY, {})}
-        # A checkpoint from before the rank option has a full map.
-        trained = {key: saved.get(key, None if key == "rank" else _DEFAULTS[key]) for key in SCORING_SETTINGS}
+        recorded = checkpoint.get(TRAINED_WITH_KEY, {})
+        # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
+        # the recorded ones lack predates its option: a full map (rank) and the paper's head.
+        before_option = {"rank": None, "head": "paper"}
+        saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
+        trained = {
+            key: recorded.get(key, before_option[key]) if key in before_option else saved.get(key, _DEFAULTS[key])
+            for key in SCORING_SETTINGS
+        }
         trained["layers"] = list(trained["layers"])
         trained["alpha"], trained["sigma"] = float(trained["alpha"]), float(trained["sigma"])
         return trained

@@ -13,47 +13,24 @@ per-position sums of both maps and the outer-product sums ``X^T X`` (shallow, ce
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-_NAMES = ("sum_x", "sum_y", "xx", "yy")
+from .sums import FloatSums
 
 
-class PositionStatistics(nn.Module):
+class PositionStatistics(FloatSums):
     """Per-position sums of ``x`` and ``y`` maps plus ``sum x x^T`` and ``sum y y^T``, as float64 buffers.
 
     Empty until the first update (sized by the data), and again after :meth:`clear`.
     """
 
+    SUMS = ("sum_x", "sum_y", "xx", "yy")
+
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        for name in _NAMES:
-            self.register_buffer(name, torch.empty(0, dtype=torch.float64))
-        self.count: torch.Tensor
         self.sum_x: torch.Tensor
         self.sum_y: torch.Tensor
         self.xx: torch.Tensor
         self.yy: torch.Tensor
-
-    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        # The buffers are sized by the data, so take the checkpoint's shapes before copying.
-        for name in _NAMES:
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, dtype=torch.float64, device=self.count.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    @property
-    def is_empty(self) -> bool:
-        """True when no map has been accumulated (or the statistics were dropped)."""
-        return self.sum_x.numel() == 0 or float(self.count) == 0.0
-
-    def clear(self) -> None:
-        """Drop the statistics."""
-        device = self.count.device
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
-        for name in _NAMES:
-            setattr(self, name, torch.empty(0, dtype=torch.float64, device=device))
 
     def _allocate(self, x_shape: torch.Size, y_channels: int) -> None:
         device = self.count.device
@@ -108,7 +85,7 @@ class PositionStatistics(nn.Module):
             msg = f"Cannot merge statistics of maps {tuple(other.sum_x.shape)} into {tuple(self.sum_x.shape)}."
             raise ValueError(msg)
         self.count += other.count.to(self.count.device)
-        for name in _NAMES:
+        for name in self.SUMS:
             getattr(self, name).add_(getattr(other, name).to(self.count.device))
 
     def combined_with(self, other: PositionStatistics | None) -> PositionStatistics:

@@ -12,7 +12,8 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
+
+from .sums import FloatSums
 
 # Rows of X per chunk while accumulating: bounds the float64 working set to about 64 MiB per
 # 1000 input channels, whatever the batch or image size.
@@ -45,7 +46,7 @@ class RidgeMoments(NamedTuple):
     xty: torch.Tensor
 
 
-class RidgeStatistics(nn.Module):
+class RidgeStatistics(FloatSums):
     """Sufficient statistics of ``y ~ W x + b`` in float64, kept as buffers so they checkpoint.
 
     The buffers start empty and are sized on the first update; an empty state (also after
@@ -53,38 +54,14 @@ class RidgeStatistics(nn.Module):
     to save space is recognised.
     """
 
+    SUMS = ("sum_x", "sum_y", "xtx", "xty")
+
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("sum_x", torch.empty(0, dtype=torch.float64))
-        self.register_buffer("sum_y", torch.empty(0, dtype=torch.float64))
-        self.register_buffer("xtx", torch.empty(0, dtype=torch.float64))
-        self.register_buffer("xty", torch.empty(0, dtype=torch.float64))
-        self.count: torch.Tensor
         self.sum_x: torch.Tensor
         self.sum_y: torch.Tensor
         self.xtx: torch.Tensor
         self.xty: torch.Tensor
-
-    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        # The buffers are sized by the data, so take the checkpoint's shapes before copying.
-        for name in ("sum_x", "sum_y", "xtx", "xty"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, dtype=torch.float64, device=self.count.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    @property
-    def is_empty(self) -> bool:
-        """True when no rows have been accumulated (or the statistics were dropped)."""
-        return self.xtx.numel() == 0 or float(self.count) == 0.0
-
-    def clear(self) -> None:
-        """Drop the statistics (they can be large: ``(9 C)^2`` float64 values)."""
-        device = self.count.device
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
-        for name in ("sum_x", "sum_y", "xtx", "xty"):
-            setattr(self, name, torch.empty(0, dtype=torch.float64, device=device))
 
     def _allocate(self, in_features: int, out_features: int, device: torch.device) -> None:
         self.count = torch.zeros((), dtype=torch.float64, device=device)
