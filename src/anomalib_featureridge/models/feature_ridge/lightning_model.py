@@ -212,12 +212,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
     def _setup_distributed(self, stage: str) -> None:
         """Data-parallel fits run on DDP without its gradient wrapper: same weights at the start, one all-reduce."""
         strategy = self.trainer.strategy
-        if self.model.head != "paper":
-            msg = (
-                f"FeatureRidge fits --model.head {self.model.head} on one device only (its per-position statistics "
-                "are not reduced across processes): pass --trainer.devices 1, or use --model.head paper."
-            )
-            raise ValueError(msg)
+        self.model.refuse_distributed_fit_of_head()
         if not isinstance(strategy, DDPStrategy):
             msg = (
                 f"FeatureRidge fits on several devices with Lightning's DDP strategies (ddp, ddp_spawn, torchrun, "

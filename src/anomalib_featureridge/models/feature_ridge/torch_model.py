@@ -238,6 +238,16 @@ class FeatureRidgeModel(nn.Module):
         self.__dict__["_positions_pending"] = None
         return discarded
 
+    def refuse_distributed_fit_of_head(self) -> None:
+        """Only the paper head's statistics are reduced across processes: refuse any other head there."""
+        if self.positions is not None:
+            msg = (
+                f"A distributed fit supports only head='paper' (the per-position statistics of head={self.head!r} "
+                f"are not reduced across processes); fit --model.head {self.head} on one device "
+                "(--trainer.devices 1), or use --model.head paper."
+            )
+            raise ValueError(msg)
+
     @torch.no_grad()
     def fit(self, reduce: Reduction | None = None) -> None:
         """Add the pending rows to the statistics and solve the map, all or nothing.
@@ -249,9 +259,8 @@ class FeatureRidgeModel(nn.Module):
         pending, self.pending = self.pending, NeighbourhoodMoments()
         pending_positions = self._positions_pending
         self.__dict__["_positions_pending"] = None
-        if reduce is not None and self.positions is not None:
-            msg = "A distributed fit supports only head='paper'; fit --model.head gaussian on one device."
-            raise ValueError(msg)
+        if reduce is not None:
+            self.refuse_distributed_fit_of_head()
         moments = None if pending.is_empty else pending.moments()
         distinct = pending.distinct
         if reduce is not None:
