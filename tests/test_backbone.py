@@ -6,8 +6,13 @@ import pytest
 import timm
 import torch
 
-from anomalib_featureridge import backbone as backbone_module
-from anomalib_featureridge.backbone import BackboneWeightsError, create_feature_extractor, layer_indices
+from anomalib_featureridge.components import feature_extractor as backbone_module
+from anomalib_featureridge.components import weights as weights_module
+from anomalib_featureridge.components.feature_extractor import (
+    BackboneWeightsError,
+    create_feature_extractor,
+    layer_indices,
+)
 
 
 def _save_full_state_dict(path, name: str = "resnet18") -> dict[str, torch.Tensor]:
@@ -78,7 +83,7 @@ def test_wrapped_state_dict_is_accepted(tmp_path) -> None:
 
 def test_pretrained_without_network_fails_fast_with_the_way_out(monkeypatch) -> None:
     monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
-    monkeypatch.setattr(backbone_module, "reachable", lambda _host: False)
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: False)
     start = time.monotonic()
     with pytest.raises(BackboneWeightsError, match=r"cannot be reached.*backbone_weights"):
         create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
@@ -95,7 +100,7 @@ def test_pretrained_with_hf_offline_fails_fast(monkeypatch) -> None:
 def test_pretrained_uses_the_local_cache_without_network(tmp_path, monkeypatch) -> None:
     state = _save_full_state_dict(tmp_path / "cached.pth")
     monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: tmp_path / "cached.pth")
-    monkeypatch.setattr(backbone_module, "reachable", lambda _host: pytest.fail("must not probe the network"))
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: pytest.fail("must not probe the network"))
     features = create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
     torch.testing.assert_close(features.state_dict()["layer3.1.bn2.running_var"], state["layer3.1.bn2.running_var"])
 
@@ -136,7 +141,7 @@ def test_a_server_that_accepts_but_never_answers_counts_as_unreachable(monkeypat
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
-    monkeypatch.setattr(backbone_module, "NETWORK_PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(weights_module, "NETWORK_PROBE_TIMEOUT_S", 0.5)
     monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     try:
@@ -164,7 +169,7 @@ def test_a_server_that_answers_is_reachable_whatever_the_status() -> None:
     server = HTTPServer(("127.0.0.1", 0), NotFound)
     threading.Thread(target=server.handle_request, daemon=True).start()
     try:
-        assert backbone_module.reachable(f"http://127.0.0.1:{server.server_port}")
+        assert weights_module.reachable(f"http://127.0.0.1:{server.server_port}")
     finally:
         server.server_close()
 

@@ -10,8 +10,8 @@ import torch
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
 
 from anomalib_featureridge import FeatureRidge, SyntheticDefectMetric, WinClipPlus
+from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.deploy.precision import compile_openvino
-from anomalib_featureridge.models.common import PreparedExportMixin
 
 IMAGE_SIZE = 48
 TOLERANCE = 1e-4

@@ -5,8 +5,8 @@ import torch
 from conftest import small_model
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_featureridge.components.filters import SeparableGaussianBlur
 from anomalib_featureridge.models.feature_ridge.torch_model import (
-    SeparableGaussianBlur,
     neighbourhood_features,
     upsample_to,
 )

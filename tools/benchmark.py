@@ -62,7 +62,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.trainer.states import TrainerFn
 
 from anomalib_featureridge import FeatureRidge
-from anomalib_featureridge.backbone import create_feature_extractor, load_backbone_weights
+from anomalib_featureridge.components.feature_extractor import create_feature_extractor, load_backbone_weights
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 FIELDS = (

@@ -26,7 +26,7 @@ import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from benchmark import interleaved_medians
 
-from anomalib_featureridge.backbone import create_feature_extractor
+from anomalib_featureridge.components.feature_extractor import create_feature_extractor
 from anomalib_featureridge.models.feature_ridge import FeatureRidgeModel
 
 

@@ -35,10 +35,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from anomalib_featureridge.backbone import defer_pretrained_weights, materialise_pretrained_weights
+from anomalib_featureridge.components.export import PreparedExportMixin
+from anomalib_featureridge.components.feature_extractor import defer_pretrained_weights, materialise_pretrained_weights
+from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from ..checkpoints import record_model_class, refuse_other_models_checkpoint
-from ..common import PreparedExportMixin, ScoringModelMixin
 from . import distributed
 from .positions import PositionStatistics
 from .ridge import RidgeStatistics

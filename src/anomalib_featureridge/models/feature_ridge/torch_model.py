@@ -31,7 +31,8 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_featureridge.backbone import create_feature_extractor
+from anomalib_featureridge.components.feature_extractor import create_feature_extractor
+from anomalib_featureridge.components.filters import gaussian_blur_or_none
 
 from .neighbourhood import NeighbourhoodMoments
 from .positions import PositionStatistics, solve_gaussian_head
@@ -60,35 +61,6 @@ def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
 def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Bilinearly resize ``features`` to ``reference``'s spatial grid."""
     return F.interpolate(features, size=reference.shape[-2:], mode="bilinear", align_corners=False)
-
-
-class SeparableGaussianBlur(nn.Module):
-    """Gaussian smoothing of a one-channel map as two 1-D passes (reflect padding).
-
-    Same result as anomalib's 2-D ``GaussianBlur2d`` (the kernel is the outer product of the 1-D
-    one), but ``2 k`` instead of ``k^2`` multiplications per pixel: with sigma = 4 (k = 33) the
-    2-D filter on a 256 x 256 map costs a sizeable fraction of a small backbone's forward pass.
-    The kernel is rebuilt from ``sigma``, so it is not part of the state dict.
-    """
-
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        radius = int(4.0 * sigma + 0.5)
-        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-        self.radius = radius
-        self.register_buffer("kernel", (kernel / kernel.sum()).float(), persistent=False)
-        self.kernel: torch.Tensor
-
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """Blur ``(B, 1, H, W)`` maps, keeping their size."""
-        padded = F.pad(maps, (self.radius, self.radius, self.radius, self.radius), mode="reflect")
-        rows = F.conv2d(padded, self.kernel.view(1, 1, 1, -1))
-        return F.conv2d(rows, self.kernel.view(1, 1, -1, 1))
-
-
-def _gaussian_blur(sigma: float) -> SeparableGaussianBlur | None:
-    return SeparableGaussianBlur(sigma) if sigma > 0 else None
 
 
 class FeatureRidgeModel(nn.Module):
@@ -171,7 +143,7 @@ class FeatureRidgeModel(nn.Module):
         self.bias: torch.Tensor
         self.fitted: torch.Tensor
         self._register_gaussian_head(in_channels, out_channels)
-        self.blur = _gaussian_blur(sigma)
+        self.blur = gaussian_blur_or_none(sigma)
 
     def _register_gaussian_head(self, in_channels: int, out_channels: int) -> None:
         """The gaussian head's statistics and fitted tensors; ``None`` with the paper head, its state unchanged."""

@@ -38,9 +38,10 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torchvision.transforms.v2 import Resize
 
+from anomalib_featureridge.components.export import PreparedExportMixin
+from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 from anomalib_featureridge.data.defects import DEFECT_KINDS, ObjectRegionFinder, add_defects_to_batch
 
-from ..common import PreparedExportMixin, ScoringModelMixin
 from .heads import LOSSES
 from .scoring import check_neighbours
 from .torch_model import SyntheticDefectMetricModel

@@ -19,7 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from anomalib_featureridge.backbone import available_layers, create_feature_extractor
+from anomalib_featureridge.components.feature_extractor import available_layers, create_feature_extractor
 
 from .heads import MetricHead, make_head
 from .scoring import SCORERS, EmbeddingBank

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from anomalib_featureridge.backbone import (
+from anomalib_featureridge.components.weights import (
     BackboneWeightsError,
     download_blocker,
     hugging_face_server,

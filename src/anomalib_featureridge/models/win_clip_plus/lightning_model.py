@@ -30,9 +30,11 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
+from anomalib_featureridge.components.export import PreparedExportMixin
+from anomalib_featureridge.components.scoring_module import ScoringModelMixin
+
 from ...data.images import refuse_high_bit_depth
 from ..checkpoints import record_model_class, refuse_other_models_checkpoint
-from ..common import PreparedExportMixin, ScoringModelMixin
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
 logger = logging.getLogger(__name__)
