@@ -11,10 +11,19 @@ device would. Two things stand in the way, and are handled here:
 - ``DistributedDataParallel`` refuses a module without trainable parameters, and there are no
   gradients to average anyway: the processes only need the same weights at the start
   (:func:`synchronise`) and the all-reduce at the end (:func:`all_reduce`).
+
+A third thing is anomalib's, not Lightning's: its Engine creates a new versioned output folder
+in every process, so with Lightning's ``ddp`` launcher (which starts the other processes by
+running the command again) the test images of each shard land in a different folder and
+``latest`` points to one without the checkpoint. :func:`share_output_folder` makes every process
+write into rank 0's folder and removes the empty ones the others made.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +53,30 @@ def _gather(value: object) -> list[object]:
     values: list[object] = [None] * world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def share_output_folder(trainer: Any) -> None:
+    """Make every process write into rank 0's output folder, remove the others' empty ones, repoint ``latest``."""
+    folders = [Path(folder) for folder in _gather(str(trainer.default_root_dir))]
+    main, own = folders[0], folders[dist.get_rank()]
+    if own != main:
+        # Lightning has no public setter; everything that writes files (visualiser, loggers, export) reads it.
+        trainer._default_root_dir = str(main)
+        for callback in trainer.callbacks:
+            dirpath = getattr(callback, "dirpath", None)
+            if isinstance(dirpath, str | Path) and Path(dirpath).is_relative_to(own):
+                callback.dirpath = str(main / Path(dirpath).relative_to(own))
+        if own.is_dir() and not any(path.is_file() for path in own.rglob("*")):
+            shutil.rmtree(own)
+            latest = own.parent / "latest"
+            if latest.is_symlink() and not latest.exists():
+                latest.unlink()
+    dist.barrier()
+    latest = main.parent / "latest"
+    if dist.get_rank() == 0 and re.fullmatch(r"v\d+", main.name) and not latest.exists():
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(main, target_is_directory=True)
+    dist.barrier()
 
 
 def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:

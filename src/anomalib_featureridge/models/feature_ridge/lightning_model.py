@@ -220,6 +220,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
                 f"SLURM), not with {type(strategy).__name__}: pass --trainer.strategy ddp."
             )
             raise ValueError(msg)
+        distributed.share_output_folder(self.trainer)
         if stage == "fit":
             # DistributedDataParallel refuses a module with no trainable parameter; nothing here has gradients.
             strategy.configure_ddp = partial(
