@@ -254,7 +254,7 @@ def calibrate(post_processor: PostProcessor, predictions: Iterable[InferenceBatc
 
     For scores that already exist: re-calibrating a loaded model on the good images of a new line,
     or comparing several post-processors on the same scores, without fitting or scoring again.
-    ``predictions`` are the torch model's raw outputs (``model.model(images)``, not normalised), in
+    ``predictions`` are the torch model's raw outputs on pre-processed images (not normalised), in
     batches; ``labels`` holds one label per image across all batches, in order (0 good, 1 defective).
     Works with any anomalib post-processor; :class:`NormalQuantilePostProcessor` uses the good ones.
 
@@ -262,7 +262,7 @@ def calibrate(post_processor: PostProcessor, predictions: Iterable[InferenceBatc
 
         post_processor = NormalQuantilePostProcessor(false_alarm_rate=0.01)
         with torch.no_grad():
-            predictions = [model.model(batch) for batch in good_batches]
+            predictions = [model.model(model.pre_processor(batch)) for batch in good_batches]
         calibrate(post_processor, predictions, [0] * sum(len(batch) for batch in good_batches))
         model.post_processor = post_processor
 
