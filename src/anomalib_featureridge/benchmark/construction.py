@@ -10,6 +10,7 @@ constructor accepts are passed to it.
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +46,16 @@ class Setup:
 
 def model_class(name: str) -> type[AnomalibModule]:
     """The registered anomalib model class called ``name`` (any case), or exit listing the registered ones."""
+    # anomalib logs a miss with an empty traceback; the message below says it better, once.
+    lookup_logger = logging.getLogger("anomalib.models")
+    level = lookup_logger.level
+    lookup_logger.setLevel(logging.CRITICAL)
     try:
         return registered_class(name)
     except UnknownModelError:
         sys.exit(f"Model {name!r} is not registered with anomalib. Registered: {sorted(list_models('pascal'))}")
+    finally:
+        lookup_logger.setLevel(level)
 
 
 # The run's model-specific options, by the keyword a model takes them as, and their label in a row.
