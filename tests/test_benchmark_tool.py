@@ -1,4 +1,4 @@
-"""tools/benchmark.py: bad input fails before any fit, rows survive an interruption, the report's ratios."""
+"""``anomalib-featureridge benchmark``: bad input fails before any fit, rows survive an interruption, the ratios."""
 
 from __future__ import annotations
 
@@ -16,20 +16,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-import benchmark
-from benchmark_report import markdown, write_report
+from anomalib_featureridge import cli
+from anomalib_featureridge.benchmark import construction, harness, measurement, sweep
+from anomalib_featureridge.benchmark.report import markdown, write_report
+
+
+def benchmark_main(argv: list[str]) -> None:
+    """The ``benchmark`` sub-command, in this process."""
+    cli.main(["benchmark", *argv])
+
+
+def parse_args(argv: list[str]):
+    """The ``benchmark`` sub-command's options."""
+    return cli.build_parser().parse_args(["benchmark", *argv])
+
 
 SMOKE = ["--backbone", "resnet18", "--layers", "layer2", "layer3", "--random-init", "--batch-size", "4"]
 SMOKE += ["--warmup", "0", "--repeats", "1", "--num-workers", "0"]
 
 
 def run(root: Path, output: Path, *extra: str) -> None:
-    benchmark.main(["--root", str(root), "--categories", "synthetic", "--output", str(output), *SMOKE, *extra])
+    benchmark_main(["--root", str(root), "--categories", "synthetic", "--output", str(output), *SMOKE, *extra])
 
 
 def test_unknown_category_lists_the_available_ones(synthetic_root, tmp_path):
     with pytest.raises(SystemExit, match=r"No category \['bottle'\].*categories there: \['synthetic'\]"):
-        benchmark.main(["--root", str(synthetic_root), "--categories", "bottle", "--output", str(tmp_path)])
+        benchmark_main(["--root", str(synthetic_root), "--categories", "bottle", "--output", str(tmp_path)])
 
 
 def test_unregistered_model_is_refused_with_the_registered_names(synthetic_root, tmp_path):
@@ -50,7 +62,7 @@ def test_weights_for_another_backbone_fail_before_any_fit(synthetic_root, tmp_pa
 def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, monkeypatch):
     measured: list[tuple[str, int]] = []
     on_disk_when_killed: list[dict[str, str]] = []
-    real_measure = benchmark.measure
+    real_measure = measurement.measure
 
     def measure_then_die(name, mode, category, n_train, *args):
         if measured:
@@ -60,7 +72,7 @@ def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, mo
         measured.append((name, n_train))
         return real_measure(name, mode, category, n_train, *args)
 
-    monkeypatch.setattr(benchmark, "measure", measure_then_die)
+    monkeypatch.setattr(sweep, "measure", measure_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(synthetic_root, tmp_path, "--in-process", "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
 
@@ -75,7 +87,7 @@ def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, mo
     assert 0 < float(row["head_mib"]) < float(row["model_mib"])
 
     measured.clear()
-    monkeypatch.setattr(benchmark, "measure", lambda name, mode, category, n, *args: measured.append(n) or {})
+    monkeypatch.setattr(sweep, "measure", lambda name, mode, category, n, *args: measured.append(n) or {})
     run(synthetic_root, tmp_path, "--in-process", "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
     assert measured == [6]
     assert (tmp_path / "results.md").exists()
@@ -95,8 +107,8 @@ def die_like_the_out_of_memory_killer() -> None:
 
 
 def test_a_killed_measuring_process_is_reported_with_its_signal():
-    with pytest.raises(benchmark.RowFailedError, match=r"killed by SIGKILL \(most often the out-of-memory killer\)"):
-        benchmark.run_isolated(die_like_the_out_of_memory_killer)
+    with pytest.raises(harness.RowFailedError, match=r"killed by SIGKILL \(most often the out-of-memory killer\)"):
+        harness.run_isolated(die_like_the_out_of_memory_killer)
 
 
 def test_clip_models_take_their_own_backbone_and_k_shot(synthetic_root, tmp_path, tiny_clip):
@@ -115,7 +127,7 @@ def test_clip_models_take_their_own_backbone_and_k_shot(synthetic_root, tmp_path
 
 def test_report_ratios_are_against_patchcore_of_the_same_group(tmp_path):
     def row(model: str, fit: str, infer: str, n: str = "8") -> dict[str, str]:
-        values = dict.fromkeys(benchmark.FIELDS, "")
+        values = dict.fromkeys(measurement.FIELDS, "")
         values |= {"mode": "scaling", "model": model, "category": "c", "n_train": n, "fit_s": fit}
         return values | {"infer_ms_per_image": infer, "backbone_ms_per_image": "2", "model_mib": "1"}
 
@@ -136,7 +148,7 @@ def test_fit_time_stops_at_the_end_of_the_fit_step_and_counts_it_once():
             time.sleep(0.05)
 
     model = MemoryBankLike()
-    timer = benchmark.FitTimer(model)
+    timer = measurement.FitTimer(model)
     timer.on_train_epoch_start(None, model)
     time.sleep(0.05)  # the training epoch: feature extraction
     timer.on_validation_start(None, model)  # callbacks run first: the fit has not happened yet
@@ -158,10 +170,10 @@ def folder_args(synthetic_root: Path, output: Path, *, masks: bool = True) -> li
 
 
 def test_folder_splits_are_the_same_for_every_model(synthetic_root, tmp_path):
-    args = benchmark.parse_args(folder_args(synthetic_root, tmp_path))
+    args = parse_args(folder_args(synthetic_root, tmp_path))
 
     def split_paths() -> tuple[list[str], list[str]]:
-        datamodule = benchmark.make_datamodule(args, "synthetic", batch_size=4)
+        datamodule = measurement.make_datamodule(args, "synthetic", batch_size=4)
         datamodule.setup()
         return sorted(datamodule.train_data.samples.image_path), sorted(datamodule.test_data.samples.image_path)
 
@@ -175,7 +187,7 @@ def test_folder_splits_are_the_same_for_every_model(synthetic_root, tmp_path):
 
 
 def test_folder_without_masks_leaves_pixel_metrics_empty(synthetic_root, tmp_path):
-    benchmark.main([*folder_args(synthetic_root, tmp_path, masks=False), "--models", "FeatureRidge"])
+    benchmark_main([*folder_args(synthetic_root, tmp_path, masks=False), "--models", "FeatureRidge"])
     (row,) = csv.DictReader((tmp_path / "results.csv").open())
     assert row["error"] == ""
     assert 0 <= float(row["image_AUROC"]) <= 1
@@ -183,7 +195,7 @@ def test_folder_without_masks_leaves_pixel_metrics_empty(synthetic_root, tmp_pat
 
 
 def test_folder_with_masks_has_pixel_metrics(synthetic_root, tmp_path):
-    benchmark.main([*folder_args(synthetic_root, tmp_path), "--models", "FeatureRidge"])
+    benchmark_main([*folder_args(synthetic_root, tmp_path), "--models", "FeatureRidge"])
     (row,) = csv.DictReader((tmp_path / "results.csv").open())
     assert 0 <= float(row["pixel_AUROC"]) <= 1
     assert 0 <= float(row["pixel_AUPRO"]) <= 1
@@ -192,10 +204,10 @@ def test_folder_with_masks_has_pixel_metrics(synthetic_root, tmp_path):
 def test_folder_without_defects_is_refused_unless_only_cost_is_measured(synthetic_root, tmp_path):
     base = ["--folder", str(synthetic_root / "synthetic"), "--normal-dir", "train/good", "--output", str(tmp_path)]
     with pytest.raises(SystemExit, match="Accuracy needs defective images"):
-        benchmark.main([*base, *SMOKE])
+        benchmark_main([*base, *SMOKE])
     with pytest.raises(SystemExit, match=r"No such image folder: .*test/dents"):
-        benchmark.main([*base, "--abnormal-dir", "test/dents", *SMOKE])
-    benchmark.main([*base, *SMOKE, "--models", "FeatureRidge", "--skip-full", "--scaling", "4"])
+        benchmark_main([*base, "--abnormal-dir", "test/dents", *SMOKE])
+    benchmark_main([*base, *SMOKE, "--models", "FeatureRidge", "--skip-full", "--scaling", "4"])
     (row,) = csv.DictReader((tmp_path / "results.csv").open())
     assert row["error"] == ""
     assert float(row["fit_s"]) > 0
@@ -238,7 +250,7 @@ def report_start_method() -> dict[str, str]:
 
 def test_the_measuring_process_starts_data_loader_workers_the_parent_way():
     # A spawned child would otherwise spawn its workers, re-importing everything inside the timed fit.
-    assert benchmark.run_isolated(report_start_method) == {"start_method": multiprocessing.get_start_method()}
+    assert harness.run_isolated(report_start_method) == {"start_method": multiprocessing.get_start_method()}
 
 
 def record_pid_then_wait(path: str) -> dict[str, str]:
@@ -257,8 +269,9 @@ def running(pid: int) -> bool:
 def test_the_measuring_process_stops_when_the_benchmark_is_killed(tmp_path):
     pid_file = tmp_path / "child.pid"
     script = (
-        f"import sys; sys.path[:0] = {[str(Path(benchmark.__file__).parent), str(Path(__file__).parent)]!r}; "
-        f"import benchmark, test_benchmark_tool as t; benchmark.run_isolated(t.record_pid_then_wait, {str(pid_file)!r})"
+        f"import sys; sys.path[:0] = {[str(Path(__file__).parent)]!r}; "
+        "from anomalib_featureridge.benchmark import harness; import test_benchmark_tool as t; "
+        f"harness.run_isolated(t.record_pid_then_wait, {str(pid_file)!r})"
     )
     parent = subprocess.Popen([sys.executable, "-c", script])
     child = None
@@ -285,7 +298,8 @@ def test_a_value_not_measured_gets_no_bar():
     import math
 
     import matplotlib.pyplot as plt
-    from benchmark_report import _bars
+
+    from anomalib_featureridge.benchmark.report import _bars
 
     rows = [
         {"model": "FeatureRidge", "series": "FeatureRidge", "category": "a", "pixel_AUROC": "0.9"},
@@ -319,7 +333,7 @@ def test_low_rank_rows_are_their_own_rows_with_a_smaller_head(synthetic_root, tm
 
 
 def test_plot_series_name_the_settings_only_where_one_model_has_several():
-    from benchmark_report import _with_series
+    from anomalib_featureridge.benchmark.report import _with_series
 
     rows = [
         {"model": "FeatureRidge", "settings": ""},
@@ -339,28 +353,28 @@ def test_each_row_is_measured_from_the_same_seeded_random_state(synthetic_root, 
         draws.append(float(torch.rand(1)))
         raise DrawnError
 
-    monkeypatch.setattr(benchmark, "build_model", build_model_that_draws)
-    args = benchmark.parse_args(["--root", str(synthetic_root), "--categories", "synthetic", *SMOKE])
-    setup = benchmark.setup_from(args)
+    monkeypatch.setattr(measurement, "build_model", build_model_that_draws)
+    args = parse_args(["--root", str(synthetic_root), "--categories", "synthetic", *SMOKE])
+    setup = sweep.setup_from(args)
     for scramble in (1, 2):
         torch.manual_seed(scramble)
         with pytest.raises(DrawnError):
-            benchmark.measure("Patchcore", "full", "synthetic", None, args, setup)
+            measurement.measure("Patchcore", "full", "synthetic", None, args, setup)
     assert draws[0] == draws[1]
 
 
 def test_synthetic_defect_metric_gets_the_run_backbone_and_its_options():
     options = ["--defect-kinds", "line", "--metric-loss", "l2_softmax", "--metric-scorer", "lof"]
     options += ["--metric-epochs", "3", "--metric-lr", "0.001"]
-    args = benchmark.parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
-    setup = benchmark.setup_from(args)
-    model = benchmark.build_model("SyntheticDefectMetric", setup, floor_channels=0)
+    args = parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
+    setup = sweep.setup_from(args)
+    model = construction.build_model("SyntheticDefectMetric", setup, floor_channels=0)
     assert model.model.backbone == "resnet18"
     assert model.defect_kinds == ["line"]
     assert model.model.scorer == "lof"
     assert model.max_epochs == 3
     assert model.learning_rate == 0.001
     assert type(model.model.head).__name__ == "L2SoftmaxHead"
-    settings = benchmark.settings_of("SyntheticDefectMetric", setup)
+    settings = construction.settings_of("SyntheticDefectMetric", setup)
     assert settings == "kinds=line loss=l2_softmax scorer=lof epochs=3 lr=0.001"
-    assert benchmark.settings_of("FeatureRidge", setup) == "", "the options are SyntheticDefectMetric's only"
+    assert construction.settings_of("FeatureRidge", setup) == "", "the options are SyntheticDefectMetric's only"

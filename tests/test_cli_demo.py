@@ -29,7 +29,7 @@ def test_help_does_not_import_anomalib_or_torch() -> None:
     code = (
         "import sys\n"
         "from anomalib_featureridge.cli import main\n"
-        "for command in ([], ['demo'], ['predict'], ['make-dataset'], ['synthesize-defects']):\n"
+        "for command in ([], ['demo'], ['predict'], ['make-dataset'], ['synthesize-defects'], ['benchmark']):\n"
         "    try:\n"
         "        main([*command, '--help'])\n"
         "    except SystemExit:\n"
@@ -39,7 +39,7 @@ def test_help_does_not_import_anomalib_or_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("IMPORTED False False")
-    for command in ("make-dataset", "demo", "predict", "synthesize-defects"):
+    for command in ("make-dataset", "demo", "predict", "synthesize-defects", "benchmark"):
         assert command in result.stdout.split("positional arguments")[0]
 
 

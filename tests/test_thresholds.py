@@ -12,10 +12,11 @@ from anomalib.data import ImageBatch, InferenceBatch, MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.models import Padim
+from anomalib.post_processing import PostProcessor
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
 
 from anomalib_featureridge import FeatureRidge, NormalQuantilePostProcessor
-from anomalib_featureridge.thresholds import normal_quantile_threshold, required_normal_count
+from anomalib_featureridge.thresholds import calibrate, normal_quantile_threshold, required_normal_count
 
 NORMAL = torch.distributions.Normal(0.0, 1.0)
 
@@ -131,6 +132,40 @@ def test_validation_without_good_images_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="no good \\(label 0\\) images \\(4 anomalous"):
         _calibrate(NormalQuantilePostProcessor(), [anomalous])
+
+
+def _predictions(batches: list[ImageBatch]) -> list[InferenceBatch]:
+    return [InferenceBatch(pred_score=batch.pred_score, anomaly_map=batch.anomaly_map) for batch in batches]
+
+
+def test_calibrate_sets_the_thresholds_the_validation_hooks_set() -> None:
+    good = _good_batches(400, batch_size=50, seed=4)
+    through_hooks = NormalQuantilePostProcessor(false_alarm_rate=0.05)
+    _calibrate(through_hooks, good)
+    offline = NormalQuantilePostProcessor(false_alarm_rate=0.05)
+    calibrate(offline, iter(_predictions(good)), [0] * 400)  # any iterable of batches, one label per image
+    for name in ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
+        assert torch.equal(getattr(offline, name), getattr(through_hooks, name)), name
+
+
+def test_calibrate_with_defects_gives_anomalib_s_f1_threshold_between_the_classes() -> None:
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.8, 0.9])
+    post_processor = PostProcessor()
+    calibrate(
+        post_processor, [InferenceBatch(pred_score=scores[:2]), InferenceBatch(pred_score=scores[2:])], [0, 0, 0, 1, 1]
+    )
+    assert 0.3 <= float(post_processor.image_threshold) <= 0.8 + 1e-6
+    labels = post_processor(InferenceBatch(pred_score=torch.tensor([0.05, 0.95]))).pred_label
+    assert labels.tolist() == [False, True]
+
+
+@pytest.mark.parametrize("count", [399, 401])
+def test_calibrate_refuses_labels_that_do_not_match_the_images_and_changes_nothing(count: int) -> None:
+    post_processor = NormalQuantilePostProcessor(false_alarm_rate=0.05)
+    with pytest.raises(ValueError, match=f"{count} labels for 400 scored images"):
+        calibrate(post_processor, _predictions(_good_batches(400, batch_size=50, seed=4)), [0] * count)
+    assert not post_processor._image_threshold_metric.update_called
+    assert torch.isnan(post_processor.image_threshold)
 
 
 def _small_feature_ridge(rate: float) -> FeatureRidge:

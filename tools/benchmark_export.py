@@ -31,8 +31,9 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
-from benchmark import Setup, build_model, interleaved_medians
 
+from anomalib_featureridge.benchmark.construction import Setup, build_model
+from anomalib_featureridge.benchmark.harness import interleaved_medians
 from anomalib_featureridge.deploy.precision import EXACT, PRECISIONS, compile_openvino
 
 Runtime = Callable[[np.ndarray], dict[str, np.ndarray]]

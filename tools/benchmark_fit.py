@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from benchmark import interleaved_medians
 
+from anomalib_featureridge.benchmark.harness import interleaved_medians
 from anomalib_featureridge.models.feature_ridge import FeatureRidgeModel
 from anomalib_featureridge.models.feature_ridge.ridge import RidgeStatistics
 from anomalib_featureridge.models.feature_ridge.torch_model import neighbourhood_features

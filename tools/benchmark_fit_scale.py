@@ -15,14 +15,13 @@ Example (the figures in docs/benchmarks.md):
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from anomalib_featureridge.benchmark.harness import run_isolated
 
 
 def dataset(workdir: Path, images: int, size: int) -> Path:
@@ -81,26 +80,16 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--layers", nargs=2, default=["layer2", "layer3"])
     parser.add_argument("--workdir", type=Path, default=Path("results/fit_scale"))
-    parser.add_argument("--row", nargs=2, type=int, metavar=("IMAGES", "DEVICES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.row:
-        images, devices = args.row
-        root = dataset(args.workdir, images, args.image_size)
-        print(json.dumps(fit_row(root, devices, args, args.workdir / f"statistics_{images}_{devices}.pt")))
-        return
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"{args.backbone} {args.layers}, {args.image_size} px images resized to {args.model_size} px")
     for images in args.images:
-        dataset(args.workdir, images, args.image_size)
+        root = dataset(args.workdir, images, args.image_size)
         rows = {}
         for devices in args.devices:
-            command = [sys.executable, __file__, *sys.argv[1:], "--row", str(images), str(devices)]
-            output = subprocess.run(
-                command, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-            ).stdout
-            rows[devices] = json.loads(output.strip().splitlines()[-1])
-            row = rows[devices]
+            statistics_file = args.workdir / f"statistics_{images}_{devices}.pt"
+            rows[devices] = row = run_isolated(fit_row, root, devices, args, statistics_file)
             print(
                 f"{images:>6} images, {devices} process(es): {1000 * row['seconds'] / images:6.2f} ms/img, "
                 f"peak {row['peak_mib']:7.0f} MiB, count {row['count']:.0f}",

@@ -5,7 +5,7 @@ Patchcore's inference cost is its nearest-neighbour search, which grows with the
 cost of a forward pass does not depend on the values of the weights or of the bank, so this tool
 times the real torch modules with random backbone weights, a FeatureRidge map fitted on random
 images and Patchcore banks of random rows of the sizes a real training set would give. That
-answers the question ``tools/benchmark.py`` cannot answer on small datasets and small banks: how
+answers the question ``anomalib-featureridge benchmark`` cannot answer on small datasets and small banks: how
 fast FeatureRidge scores next to Patchcore with the paper's backbone and full MVTec AD training
 sets, and what a low-rank Ridge map (``--ranks``) saves. The backbone alone, each FeatureRidge
 head and every bank size are timed in interleaved rounds on the same batch, so machine noise hits
@@ -24,8 +24,8 @@ from functools import partial
 
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
-from benchmark import interleaved_medians
 
+from anomalib_featureridge.benchmark.harness import interleaved_medians
 from anomalib_featureridge.components.feature_extractor import create_feature_extractor
 from anomalib_featureridge.models.feature_ridge import FeatureRidgeModel
 

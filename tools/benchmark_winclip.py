@@ -19,8 +19,8 @@ from unittest import mock
 import open_clip
 import torch
 from anomalib.models.image.winclip import torch_model as anomalib_winclip
-from benchmark import interleaved_medians
 
+from anomalib_featureridge.benchmark.harness import interleaved_medians
 from anomalib_featureridge.models.win_clip_plus import WinClipPlusModel
 
 VARIANTS = {

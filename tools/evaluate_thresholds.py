@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from anomalib.data import ImageBatch, InferenceBatch
+from anomalib.data import InferenceBatch
 from anomalib.data.utils import read_image
 from anomalib.post_processing import PostProcessor
 from sklearn.metrics import roc_auc_score
 
 from anomalib_featureridge import FeatureRidge, NormalQuantilePostProcessor
 from anomalib_featureridge.data.defects import DEFECT_KINDS, hold_out, images_in, make_synthetic_split
+from anomalib_featureridge.thresholds import calibrate
 
 
 def labelled_images(split_dir: Path) -> list[tuple[Path, int, str]]:
@@ -72,10 +73,8 @@ class Scorer:
             yield torch.stack([transform(read_image(path, as_tensor=True)) for path in chunk])
 
     def fit(self, paths: Sequence[Path]) -> None:
-        """Accumulate the Ridge statistics over ``paths`` and solve, as one training epoch does."""
-        for batch in self._batches(paths):
-            self.module.model.accumulate(batch)
-        self.module.model.fit()
+        """Fit the Ridge map on ``paths`` with the model's own update (one pass, as one training epoch)."""
+        self.module.model.update(self._batches(paths))
         self.module.model.eval()
 
     @torch.no_grad()
@@ -83,22 +82,6 @@ class Scorer:
         """Raw (un-normalised) predictions, one batch at a time."""
         for batch in self._batches(paths):
             yield self.module.model(batch)
-
-
-def calibrate(post_processor: PostProcessor, predictions: Sequence[InferenceBatch], labels: Sequence[int]) -> None:
-    """Run the post-processor's validation hooks on scored images, as ``Engine.fit`` does after training."""
-    offset = 0
-    for prediction in predictions:
-        count = prediction.pred_score.shape[0]
-        batch = ImageBatch(
-            image=torch.zeros(count, 3, 1, 1),
-            pred_score=prediction.pred_score,
-            anomaly_map=prediction.anomaly_map,
-            gt_label=torch.tensor(labels[offset : offset + count]),
-        )
-        post_processor.on_validation_batch_end(None, None, batch)
-        offset += count
-    post_processor.on_validation_epoch_end(None, None)
 
 
 def image_labels(post_processor: PostProcessor, scores: torch.Tensor) -> np.ndarray:

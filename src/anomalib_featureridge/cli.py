@@ -4,8 +4,9 @@ Training, testing and export go through anomalib's CLI (anomalib train --model F
 This command adds: make-dataset (a defect dataset generated on the spot), demo (the whole quick
 start on it, offline and deterministic), predict (score a folder with an exported model and write
 heatmap overlays at the original image size), to-8bit (a copy of a dataset with 16-bit images scaled
-to 8 bits, which anomalib's readers would clip) and synthesize-defects (synthetic defects on your own
-good images, so that thresholds and pixel metrics have positives).
+to 8 bits, which anomalib's readers would clip), synthesize-defects (synthetic defects on your own
+good images, so that thresholds and pixel metrics have positives) and benchmark (FeatureRidge against
+anomalib's models on your images: accuracy, speed, memory and size, one resumable CSV row each).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from anomalib_featureridge.benchmark import options as benchmark_options
 from anomalib_featureridge.data.synthetic import SyntheticSpec, make_synthetic_dataset
 from anomalib_featureridge.deploy.precision import EXACT, PRECISIONS
 
@@ -132,6 +134,13 @@ def _synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from anomalib_featureridge.benchmark.sweep import run
+
+    run(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (also used by the docs)."""
     parser = argparse.ArgumentParser(
@@ -207,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--kinds", nargs="+", help="kinds to cycle through (default: line distortion perlin)")
     synthesize.add_argument("--seed", type=int, default=0, help="same seed, same files (default: 0)")
     synthesize.set_defaults(handler=_synthesize)
+
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="compare FeatureRidge with anomalib's models on your images (docs/benchmarks.md)",
+        description=benchmark_options.DESCRIPTION,
+    )
+    benchmark_options.add_arguments(benchmark)
+    benchmark.set_defaults(handler=_benchmark)
     return parser
 
 

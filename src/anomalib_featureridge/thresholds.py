@@ -12,6 +12,9 @@ Example (anomalib's CLI; the validation images are held out from the good traini
         --data.val_split_mode from_train --data.val_split_ratio 0.2 \
         --model.post_processor anomalib_featureridge.NormalQuantilePostProcessor \
         --model.post_processor.false_alarm_rate 0.01
+
+Offline, on images already scored (a loaded or exported model, a new line's good images),
+:func:`calibrate` sets any post-processor's thresholds and normalisation without a trainer.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from anomalib.data import ImageBatch, InferenceBatch
 from anomalib.metrics import AnomalibMetric
 from anomalib.metrics.threshold import Threshold
 from anomalib.post_processing import PostProcessor
@@ -32,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "NormalQuantilePostProcessor",
     "NormalQuantileThreshold",
+    "calibrate",
     "normal_quantile_threshold",
     "required_normal_count",
 ]
@@ -241,3 +247,43 @@ class NormalQuantilePostProcessor(PostProcessor):
                 "training images for validation, e.g. --data.val_split_mode from_train --data.val_split_ratio 0.2."
             )
             raise ValueError(msg)
+
+
+def calibrate(post_processor: PostProcessor, predictions: Iterable[InferenceBatch], labels: Sequence[int]) -> None:
+    """Set a post-processor's thresholds and normalisation from raw predictions, as ``Engine.fit``'s validation does.
+
+    For scores that already exist: re-calibrating a loaded model on the good images of a new line,
+    or comparing several post-processors on the same scores, without fitting or scoring again.
+    ``predictions`` are the torch model's raw outputs on pre-processed images (not normalised), in
+    batches; ``labels`` holds one label per image across all batches, in order (0 good, 1 defective).
+    Works with any anomalib post-processor; :class:`NormalQuantilePostProcessor` uses the good ones.
+
+    Example::
+
+        post_processor = NormalQuantilePostProcessor(false_alarm_rate=0.01)
+        with torch.no_grad():
+            predictions = [model.model(model.pre_processor(batch)) for batch in good_batches]
+        calibrate(post_processor, predictions, [0] * sum(len(batch) for batch in good_batches))
+        model.post_processor = post_processor
+
+    Raises:
+        ValueError: ``labels`` does not hold exactly one label per scored image.
+    """
+    predictions = list(predictions)
+    scored = sum(prediction.pred_score.shape[0] for prediction in predictions)
+    if scored != len(labels):
+        # Checked before any update: a refused call leaves the post-processor as it was.
+        msg = f"calibrate got {len(labels)} labels for {scored} scored images: give one label per image, in order."
+        raise ValueError(msg)
+    offset = 0
+    for prediction in predictions:
+        count = prediction.pred_score.shape[0]
+        batch = ImageBatch(
+            image=torch.zeros(count, 3, 1, 1),
+            pred_score=prediction.pred_score,
+            anomaly_map=prediction.anomaly_map,
+            gt_label=torch.as_tensor(labels[offset : offset + count]),
+        )
+        post_processor.on_validation_batch_end(None, None, batch)
+        offset += count
+    post_processor.on_validation_epoch_end(None, None)

@@ -1,4 +1,7 @@
-"""Markdown tables and plots from the rows ``tools/benchmark.py`` appended to ``results.csv``."""
+"""Markdown tables and plots rebuilt from the rows the benchmark appended to ``results.csv``.
+
+Rebuilt from the whole CSV, never from one run, so that a resumed or extended benchmark reports every row.
+"""
 
 from __future__ import annotations
 

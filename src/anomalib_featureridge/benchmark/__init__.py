@@ -1,0 +1,14 @@
+"""``anomalib-featureridge benchmark``: FeatureRidge against anomalib's models on your own images.
+
+One module per reason to change, so that a new model, a new figure or a new output touches one file:
+
+- :mod:`.options`: the command-line options (argparse only, so ``--help`` starts without torch);
+- :mod:`.harness`: how a figure is taken on a shared, noisy machine (timing in alternation, peak
+  memory sampling, one process per row, rows appended as measured and skipped on a re-run);
+- :mod:`.construction`: every model built from its registered name with the run's shared settings;
+- :mod:`.measurement`: one row: fit, test, inference and size of one model on one data set;
+- :mod:`.sweep`: the rows a command asks for, checked before any fit, measured and resumed;
+- :mod:`.report`: the Markdown tables and plots rebuilt from the CSV.
+
+Nothing is imported here, so that importing the options does not import torch.
+"""

@@ -1,0 +1,83 @@
+"""The options of ``anomalib-featureridge benchmark``, with argparse only.
+
+Kept apart from the code that runs the benchmark so that ``anomalib-featureridge --help`` and
+``benchmark --help`` build the parser without importing torch or anomalib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROG = "anomalib-featureridge benchmark"
+DESCRIPTION = (
+    "Benchmark FeatureRidge against anomalib's models on an MVTec-layout root or a Folder dataset: accuracy, "
+    "fit and inference time, peak memory and exported size, one CSV row per model, category and training-set "
+    "size (resumed on a re-run), then results.md and plots. See docs/benchmarks.md."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to ``parser`` (the sub-command's, or a stand-alone one)."""
+    data = parser.add_argument_group("data: an MVTec-layout root with categories, or one Folder dataset")
+    data.add_argument("--root", type=Path, help="MVTec-layout dataset root")
+    data.add_argument(
+        "--categories", nargs="+", default=[], help="categories under --root (default with --folder: its name)"
+    )
+    data.add_argument("--folder", type=Path, help="root of a Folder dataset (anomalib.data.Folder)")
+    data.add_argument("--normal-dir", default="good", help="good training images, relative to --folder")
+    data.add_argument(
+        "--normal-test-dir", default=None, help="good test images; without it anomalib holds out 20 %% of --normal-dir"
+    )
+    data.add_argument("--abnormal-dir", nargs="+", default=None, help="defective test images, one or more folders")
+    data.add_argument("--mask-dir", nargs="+", default=None, help="their masks, in the same order (optional)")
+    data.add_argument("--num-workers", type=int, default=2, help="data-loader workers (default: 2)")
+    parser.add_argument(
+        "--models", nargs="+", default=["FeatureRidge", "Patchcore", "Padim"], help="registered anomalib model names"
+    )
+    parser.add_argument("--backbone", default="wide_resnet50_2", help="timm CNN shared by every CNN-feature model")
+    parser.add_argument("--layers", nargs=2, default=["layer2", "layer3"], help="its two feature layers")
+    parser.add_argument("--weights", type=Path, default=None, help="local timm state dict for the backbone")
+    parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke runs)")
+    parser.add_argument("--patchcore-coreset-ratio", type=float, default=0.1, help="anomalib's default is 0.1")
+    parser.add_argument(
+        "--feature-ridge-rank", type=int, default=None, help="low-rank FeatureRidge head (default: full rank)"
+    )
+    metric = parser.add_argument_group("SyntheticDefectMetric (each its model default when not given)")
+    metric.add_argument("--defect-kinds", nargs="+", default=None, help="synthetic defect classes besides good")
+    metric.add_argument("--metric-loss", default=None, help="softmax, l2_softmax, arcface or adacos")
+    metric.add_argument("--metric-scorer", default=None, help="cosine or lof")
+    metric.add_argument("--metric-epochs", type=int, default=None, help="training epochs")
+    metric.add_argument("--metric-lr", type=float, default=None, help="Adam learning rate")
+    parser.add_argument("--clip-backbone", default=None, help="open_clip model for CLIP models (their default)")
+    parser.add_argument(
+        "--clip-pretrained", default=None, help="open_clip tag or local checkpoint for CLIP models; 'none': random"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="training and evaluation batch size")
+    parser.add_argument("--scaling", nargs="*", type=int, default=[], help="training set sizes, fit only")
+    parser.add_argument("--scaling-category", default=None, help="category for --scaling (default: the first)")
+    parser.add_argument("--few-shot", nargs="*", type=int, default=[], help="numbers of training images k")
+    parser.add_argument("--skip-full", action="store_true", help="only the scaling and few-shot runs")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed inference rounds (default: 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed inference rounds, median taken (default: 5)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random training subsets and of anomalib's data splits"
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure every row in this process: starts faster, but memory peaks then carry earlier rows "
+        "and a crash ends the run",
+    )
+    parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="output folder")
+    parser.add_argument("--report-only", action="store_true", help="rebuild results.md and plots from the CSV")
+
+
+def complete(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in what follows from other options (a Folder dataset's category is its name); refuse a run without data."""
+    if args.folder is not None and not args.categories:
+        args.categories = [args.folder.name]
+    if not args.categories and not args.report_only:
+        sys.exit(f"{PROG}: give --categories (with --root) or --folder")
+    return args

@@ -1,0 +1,140 @@
+"""The rows one benchmark command asks for: checked before any fit, measured one by one, resumed on a re-run.
+
+Modes: ``full`` (every training image), ``scaling`` (fit only, on N random training images, for
+time, memory and size growth) and ``few-shot`` (K random training images, full evaluation). Each
+row is measured in a fresh process unless ``--in-process``, appended to ``results.csv`` as soon as
+it is measured, and skipped on a re-run when it is already there without an error; ``results.md``
+and the plots are rebuilt from the whole CSV at the end (or alone with ``--report-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomalib_featureridge.benchmark.construction import Setup, floor_backbone, model_class, settings_of
+from anomalib_featureridge.benchmark.harness import RowFailedError, describe, read_rows, row_appender, run_isolated
+from anomalib_featureridge.benchmark.measurement import FIELDS, measure
+from anomalib_featureridge.benchmark.options import complete
+from anomalib_featureridge.benchmark.report import write_report
+
+# What identifies a row for resuming.
+KEY = ("mode", "model", "category", "n_train", "backbone", "settings")
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    """A row's identity; a full run is identified without its (measured) image count."""
+    return tuple("" if key == "n_train" and row["mode"] == "full" else str(row[key]) for key in KEY)
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
+    """(mode, category, n_train) for every run asked for, in order."""
+    runs: list[tuple[str, str, int | None]] = []
+    if not args.skip_full:
+        runs += [("full", category, None) for category in args.categories]
+    scaling_category = args.scaling_category or args.categories[0]
+    runs += [("scaling", scaling_category, n) for n in args.scaling]
+    runs += [("few-shot", category, k) for category in args.categories for k in args.few_shot]
+    return runs
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail before any fit on a missing dataset, category or weights file, or an unregistered model."""
+    for name in args.models:
+        model_class(name)
+    if args.weights is not None and not args.weights.is_file():
+        sys.exit(f"Backbone weights file {args.weights} does not exist")
+    if args.folder is not None:
+        folders = [args.normal_dir, args.normal_test_dir, *(args.abnormal_dir or []), *(args.mask_dir or [])]
+        missing_folders = [str(args.folder / name) for name in folders if name and not (args.folder / name).is_dir()]
+        if missing_folders:
+            sys.exit(f"No such image folder: {', '.join(missing_folders)}")
+        if not args.abnormal_dir and (not args.skip_full or args.few_shot):
+            sys.exit(
+                "Accuracy needs defective images: give --abnormal-dir (and --mask-dir for pixel metrics), "
+                "or measure cost only with --skip-full --scaling N ..."
+            )
+        return
+    if args.root is None or not args.root.is_dir():
+        sys.exit(f"Dataset root {args.root} does not exist (give --root DIR or --folder DIR)")
+    missing = [category for category in args.categories if not (args.root / category / "train").is_dir()]
+    if missing:
+        found = sorted(path.name for path in args.root.iterdir() if (path / "train").is_dir())
+        sys.exit(f"No category {missing} under {args.root}; categories there: {found}")
+
+
+def setup_from(args: argparse.Namespace) -> Setup:
+    """What every model of this run shares, from the command line."""
+    return Setup(
+        backbone=args.backbone,
+        layers=tuple(args.layers),
+        weights=args.weights,
+        random_init=args.random_init,
+        coreset_ratio=args.patchcore_coreset_ratio,
+        ridge_rank=args.feature_ridge_rank,
+        metric_options=(
+            ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
+            ("loss", args.metric_loss),
+            ("scorer", args.metric_scorer),
+            ("max_epochs", args.metric_epochs),
+            ("learning_rate", args.metric_lr),
+        ),
+        clip_backbone=args.clip_backbone,
+        clip_pretrained=args.clip_pretrained,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+
+
+def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
+    """Measure every planned row not already in the CSV, appending each as soon as it is done."""
+    floor = floor_backbone(setup)  # weights that do not fit the backbone stop the run before any fit
+    deep_channels = floor.feature_info.channels()[-1]
+    if setup.ridge_rank is not None and not 0 < setup.ridge_rank < deep_channels:
+        sys.exit(f"--feature-ridge-rank must be between 1 and {deep_channels - 1} for {setup.layers[-1]!r}")
+    done = {row_key(row) for row in read_rows(csv_path) if not row["error"]}
+    runs = [(mode, category, n, name) for mode, category, n in plan(args) for name in args.models]
+    with row_appender(csv_path, FIELDS) as append:
+        for index, (mode, category, n_train, name) in enumerate(runs, start=1):
+            identity = {
+                "mode": mode,
+                "model": name,
+                "category": category,
+                "n_train": n_train,
+                "backbone": setup.backbone,
+                "settings": settings_of(name, setup),
+            }
+            label = f"[benchmark {index}/{len(runs)}] {mode} {name} on {category}" + (
+                f" with {n_train} training images" if n_train else ""
+            )
+            if row_key(identity) in done:
+                print(f"{label}: already in {csv_path}, skipped", flush=True)
+                continue
+            print(f"{label} ...", flush=True)
+            task = (name, mode, category, n_train, args, setup)
+            try:
+                row = identity | (measure(*task) if args.in_process else run_isolated(measure, *task))
+            except RowFailedError as error:
+                row = identity | {"error": str(error)}
+            except (ValueError, RuntimeError, MemoryError, torch.OutOfMemoryError) as error:
+                row = identity | {"error": describe(error)}
+            append(row)
+            print(f"{label}: {row}", flush=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run every planned (model, mode, category, size) of parsed options, append each row, then write the report."""
+    complete(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    csv_path = args.output / "results.csv"
+    if not args.report_only:
+        check_inputs(args)
+        run_all(args, setup_from(args), csv_path)
+    write_report(read_rows(csv_path), args.output)
+    print(f"[benchmark] wrote {csv_path}, {args.output / 'results.md'} and plots", flush=True)
