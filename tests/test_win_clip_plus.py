@@ -12,6 +12,7 @@ from anomalib.models.image.winclip import torch_model as anomalib_winclip
 from PIL import Image
 
 from anomalib_featureridge import WinClipPlus, WinClipPlusModel
+from anomalib_featureridge.components import weights as weights_module
 from anomalib_featureridge.models.win_clip_plus import clip_loader
 from anomalib_featureridge.models.win_clip_plus.prompting import TEMPLATES, compose_prompts
 from anomalib_featureridge.models.win_clip_plus.windows import (
@@ -206,8 +207,8 @@ def test_checkpoint_for_another_backbone_is_refused(tiny_clip: dict[str, Path], 
 
 
 def test_no_weights_and_no_network_fails_fast_with_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clip_loader, "_cached_download", lambda _config: None)
-    monkeypatch.setattr(clip_loader, "reachable", lambda _host: False)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: False)
     build = mock.Mock(side_effect=AssertionError("must not build the model before the weights are known"))
     monkeypatch.setattr(open_clip, "create_model", build)
     with pytest.raises(clip_loader.ClipWeightsError, match=r"cannot be reached.*--model\.pretrained PATH"):
@@ -244,8 +245,8 @@ def test_paper_reproduction_fails_clearly_without_dataset_or_weights(
     with pytest.raises(SystemExit, match=r"MVTec AD not found under .*pass --root"):
         tool.main(["--root", str(tmp_path), "--categories", "bottle"])
     (tmp_path / "bottle" / "test").mkdir(parents=True)
-    monkeypatch.setattr(clip_loader, "_cached_download", lambda _config: None)
-    monkeypatch.setattr(clip_loader, "reachable", lambda _host: False)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: False)
     with pytest.raises(SystemExit, match=r"cannot be reached.*--pretrained PATH"):
         tool.main(["--root", str(tmp_path), "--categories", "bottle"])
     with pytest.raises(SystemExit, match="checkpoint file not found"):
