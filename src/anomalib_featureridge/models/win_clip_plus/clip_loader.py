@@ -128,23 +128,28 @@ def load_checkpoint_strictly(model: nn.Module, model_name: str, path: Path) -> N
         raise ClipWeightsError(msg) from error
 
 
-def create_clip(backbone: str, pretrained: str | None) -> tuple[nn.Module, object, str]:
-    """Return ``(clip_model, tokenizer, model_name)``; ``pretrained=None`` gives random weights.
+def create_clip(backbone: str, pretrained: str | None, defer: bool = False) -> tuple[nn.Module, object, str]:
+    """Return ``(clip_model, tokenizer, model_name)``, frozen; ``pretrained=None`` gives random weights.
 
     A local file is loaded without touching the network; an open_clip tag is downloaded as
     open_clip does, after checking the cache and the server so that offline machines fail fast.
+    ``defer`` builds the architecture with random weights and the tag's normalisation, for a model
+    that fetches the weights on first use (a checkpoint loaded first brings its own).
     """
     open_clip = _open_clip()
     model_name = resolve_backbone(backbone)
     local_file = Path(pretrained) if pretrained and is_checkpoint_path(pretrained) else None
-    if pretrained and local_file is None:
+    if pretrained and local_file is None and not defer:
         _check_tag_is_obtainable(model_name, pretrained)
         model = open_clip.create_model(model_name, pretrained=pretrained)
     else:
         model = open_clip.create_model(model_name, pretrained=None)
-        if local_file is not None:
+        config = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained and local_file is None else {}
+        if config.get("mean") and config.get("std"):
+            model.visual.image_mean, model.visual.image_std = config["mean"], config["std"]
+        if local_file is not None and not defer:
             load_checkpoint_strictly(model, model_name, local_file)
-        else:
+        elif not pretrained:
             logger.warning("WinClipPlus uses randomly initialised CLIP weights (pretrained=None).")
     return freeze(model), open_clip.get_tokenizer(model_name), model_name
 
