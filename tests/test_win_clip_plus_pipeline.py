@@ -171,3 +171,46 @@ def test_zero_shot_cli_without_weights_ends_with_the_way_out(tmp_path: Path, syn
     assert "ClipWeightsError: Cannot download the pretrained weights of ViT-B-32/laion2b_s34b_b79k" in tail, tail
     assert "HF_HUB_OFFLINE is set" in tail
     assert "--model.pretrained PATH" in tail
+
+
+def test_checkpoint_names_its_clip_weights_instead_of_holding_them(prepared: dict, tiny_clip: dict[str, Path]) -> None:
+    """Nothing of CLIP is trained: the checkpoint records the file and a fingerprint, not the image tower."""
+    saved = torch.load(prepared["checkpoint"], map_location="cpu", weights_only=False)
+    assert not [key for key in saved["state_dict"] if key.startswith("model.encoder.visual.")]
+    assert saved["win_clip_plus_clip_weights"]["pretrained"] == str(tiny_clip["checkpoint"])
+    assert len(saved["win_clip_plus_clip_weights"]["sha256"]) == 64
+    assert "model.text_embeddings" in saved["state_dict"]
+    assert "model.reference_patches" in saved["state_dict"]
+
+
+def test_other_or_missing_clip_weights_are_refused_by_name(
+    prepared: dict, tiny_clip: dict[str, Path], tmp_path: Path
+) -> None:
+    from anomalib_featureridge.models.win_clip_plus.clip_loader import ClipWeightsError
+
+    other = tmp_path / "other.pt"
+    state = torch.load(tiny_clip["checkpoint"], weights_only=True)
+    torch.save({key: value + 1 if key == "visual.proj" else value for key, value in state.items()}, other)
+    with pytest.raises(
+        ClipWeightsError, match=r"made with the CLIP weights .*tiny-clip\.pt.*other\.pt.* other weights"
+    ):
+        WinClipPlus.load_from_checkpoint(prepared["checkpoint"], pretrained=str(other))
+    saved = torch.load(prepared["checkpoint"], map_location="cpu", weights_only=False)
+    saved["win_clip_plus_clip_weights"]["pretrained"] = str(tmp_path / "moved.pt")
+    saved["hyper_parameters"]["pretrained"] = str(tmp_path / "moved.pt")
+    torch.save(saved, tmp_path / "moved.ckpt")
+    with pytest.raises(ClipWeightsError, match=r"holds no CLIP weights: it reads them from .*moved\.pt.*not found"):
+        WinClipPlus.load_from_checkpoint(tmp_path / "moved.ckpt")
+    restored = WinClipPlus.load_from_checkpoint(tmp_path / "moved.ckpt", pretrained=str(tiny_clip["checkpoint"]))
+    batch = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval()(batch).pred_score, prepared["model"](batch).pred_score)
+
+
+def test_random_clip_weights_stay_in_the_checkpoint(tiny_clip: dict[str, Path], tmp_path: Path) -> None:
+    model = WinClipPlus(backbone=str(tiny_clip["config"]), pretrained=None, class_name="part")
+    model.export_context()
+    checkpoint: dict = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    assert "win_clip_plus_clip_weights" not in checkpoint
+    assert any(key.startswith("model.encoder.visual.") for key in checkpoint["state_dict"])

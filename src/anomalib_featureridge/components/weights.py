@@ -7,6 +7,7 @@ bad file named with what is wrong with it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -183,3 +184,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         msg = f"{path} does not hold a state dict (found {type(state).__name__})."
         raise BackboneWeightsError(msg)
     return state
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values: tells the same weights from others exactly."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

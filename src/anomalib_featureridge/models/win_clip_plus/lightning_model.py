@@ -35,8 +35,10 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
+from ...components.weights import state_fingerprint
 from ...data.images import refuse_high_bit_depth
 from ..checkpoints import record_model_class, refuse_other_models_checkpoint, settings_from_checkpoint
+from .clip_loader import ClipWeightsError, create_clip
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["WinClipPlus"]
 
 MADE_WITH_KEY = "win_clip_plus_made_with"
+CLIP_WEIGHTS_KEY = "win_clip_plus_clip_weights"
+VISUAL_PREFIX = "model.encoder.visual."
 SCORING_SETTINGS = (
     "class_name",
     "k_shot",
@@ -154,10 +158,22 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         return settings
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the scoring settings and the model class, so that a loader scores as this model did."""
+        """Record the scoring settings and the model class, so that a loader scores as this model did.
+
+        CLIP weights read from a tag or a file stay out of the checkpoint (nothing of them is trained): it
+        records the tag or file and a fingerprint, and loading reads and checks them. Random weights are saved.
+        """
         super().on_save_checkpoint(checkpoint)
         checkpoint[MADE_WITH_KEY] = self._scoring_settings()
         record_model_class(checkpoint, self)
+        if self.model.weights_source is not None:
+            state = checkpoint["state_dict"]
+            visual = {key: state.pop(key) for key in [key for key in state if key.startswith(VISUAL_PREFIX)]}
+            checkpoint[CLIP_WEIGHTS_KEY] = {
+                "backbone": self.hparams["backbone"],
+                "pretrained": self.model.weights_source,
+                "sha256": state_fingerprint(visual),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse another model's checkpoint; take the checkpoint's scoring settings (models/checkpoints.py rule).
@@ -178,9 +194,36 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             pretrained = self.hparams["pretrained"]
             self.model = WinClipPlusModel(**settings, pretrained=pretrained, defer_weights=True).to(device)
         self.model.check_references(checkpoint.get("state_dict", {}), prefix="model.")
+        if CLIP_WEIGHTS_KEY in checkpoint:
+            self._restore_clip_weights(checkpoint, path)
         super().on_load_checkpoint(checkpoint)
         if "backbone" in adopted:
             self._resize_data_as_restored()
+
+    def _restore_clip_weights(self, checkpoint: dict[str, Any], path: object) -> None:
+        """Put the CLIP weights the checkpoint names back into its state, refusing any other weights.
+
+        They come from the recorded tag or file, or from ``pretrained`` when it is given another value
+        (the same weights elsewhere); the fingerprint decides whether they are the checkpoint's.
+        """
+        record = checkpoint[CLIP_WEIGHTS_KEY]
+        given = self.hparams["pretrained"]
+        source = given if given and given != _DEFAULTS["pretrained"] else record["pretrained"]
+        where = f"The checkpoint {path}" if path else "This checkpoint"
+        try:
+            clip, _, _ = create_clip(record["backbone"], source)
+        except ClipWeightsError as error:
+            msg = f"{where} holds no CLIP weights: it reads them from {source!r}. {error}"
+            raise ClipWeightsError(msg) from error
+        visual = {VISUAL_PREFIX + key: value for key, value in clip.visual.state_dict().items()}
+        if state_fingerprint(visual) != record["sha256"]:
+            msg = (
+                f"{where} was made with the CLIP weights {record['pretrained']!r}, and {source!r} holds other "
+                f"weights. Pass the file it was made with: --model.pretrained PATH."
+            )
+            raise ClipWeightsError(msg)
+        checkpoint["state_dict"].update(visual)
+        self.model.weights_source = source
 
     def _resize_data_as_restored(self) -> None:
         """Give the datamodule the restored pre-processor's input size.

@@ -68,6 +68,8 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
             raise ValueError(msg)
         clip, tokenizer, self.model_name = create_clip(backbone, pretrained, defer=defer_weights)
         self._pending_weights: tuple[str, str] | None = (backbone, pretrained) if defer_weights and pretrained else None
+        # The tag or file the image tower's weights were read from; None: random, not fetched yet, or a state dict's.
+        self.weights_source: str | None = pretrained if pretrained and not defer_weights else None
         self.scales = tuple(int(scale) for scale in scales)
         self.window_stride = int(window_stride)
         self.temperature = float(temperature)
@@ -101,6 +103,7 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
         self.encoder.visual.load_state_dict(clip.visual.state_dict())
         if self._text_side is not None:
             self._text_side = (clip, tokenizer)
+        self.weights_source = self._pending_weights[1]
         self._pending_weights = None
 
     @property
