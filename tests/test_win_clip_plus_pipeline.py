@@ -138,6 +138,9 @@ def test_ckpt_path_alone_scores_with_the_checkpoints_settings_offline(
     torch.testing.assert_close(scores, expected)
     assert (default.k_shot, default.class_name, default.hparams["backbone"]) == (2, "synthetic", prepared["backbone"])
     assert default.learning_type.value == "few_shot"
+    resaved: dict = {"state_dict": default.state_dict(), "hyper_parameters": dict(default.hparams)}
+    default.on_save_checkpoint(resaved)
+    assert resaved["win_clip_plus_made_with"]["class_name"] == "synthetic", "a re-saved checkpoint keeps its word"
 
 
 @pytest.mark.parametrize(("setting", "value"), [("k_shot", 3), ("class_name", "bottle"), ("temperature", 0.5)])

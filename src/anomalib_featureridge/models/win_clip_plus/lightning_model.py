@@ -194,6 +194,7 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             pretrained = self.hparams["pretrained"]
             self.model = WinClipPlusModel(**settings, pretrained=pretrained, defer_weights=True).to(device)
         self.model.check_references(checkpoint.get("state_dict", {}), prefix="model.")
+        self.model.class_name = saved["class_name"]  # the word of the anchors about to be loaded
         if CLIP_WEIGHTS_KEY in checkpoint:
             self._restore_clip_weights(checkpoint, path)
         super().on_load_checkpoint(checkpoint)

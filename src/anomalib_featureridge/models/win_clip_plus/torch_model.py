@@ -211,7 +211,7 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
             msg = f"WinClipPlus expects images of shape (B, 3, H, W), got {tuple(images.shape)}."
             raise ValueError(msg)
         if not self.prepared:
-            msg = "WinClipPlus has no text anchors yet: call set_class_name() (the Lightning model does it before the first score)."
+            msg = "WinClipPlus has no text anchors yet: call set_class_name() (WinClipPlus does it before scoring)."
             raise RuntimeError(msg)
         image_embeddings, patch_tokens, window_embeddings = self.encoder(images)
         image_scores, patch_map = self.zero_shot_maps(image_embeddings, window_embeddings)
