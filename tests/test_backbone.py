@@ -82,7 +82,7 @@ def test_wrapped_state_dict_is_accepted(tmp_path) -> None:
 
 
 def test_pretrained_without_network_fails_fast_with_the_way_out(monkeypatch) -> None:
-    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
     monkeypatch.setattr(weights_module, "reachable", lambda _host: False)
     start = time.monotonic()
     with pytest.raises(BackboneWeightsError, match=r"cannot be reached.*backbone_weights"):
@@ -91,7 +91,7 @@ def test_pretrained_without_network_fails_fast_with_the_way_out(monkeypatch) -> 
 
 
 def test_pretrained_with_hf_offline_fails_fast(monkeypatch) -> None:
-    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneWeightsError, match="HF_HUB_OFFLINE"):
         create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
@@ -99,7 +99,7 @@ def test_pretrained_with_hf_offline_fails_fast(monkeypatch) -> None:
 
 def test_pretrained_uses_the_local_cache_without_network(tmp_path, monkeypatch) -> None:
     state = _save_full_state_dict(tmp_path / "cached.pth")
-    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: tmp_path / "cached.pth")
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: tmp_path / "cached.pth")
     monkeypatch.setattr(weights_module, "reachable", lambda _host: pytest.fail("must not probe the network"))
     features = create_feature_extractor("resnet18", ["layer2", "layer3"], pre_trained=True)
     torch.testing.assert_close(features.state_dict()["layer3.1.bn2.running_var"], state["layer3.1.bn2.running_var"])
@@ -107,7 +107,10 @@ def test_pretrained_uses_the_local_cache_without_network(tmp_path, monkeypatch) 
 
 def test_weights_server_follows_hf_endpoint(monkeypatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example.org:8443/")
-    assert backbone_module._weights_server("resnet18") == "https://mirror.example.org:8443"
+    assert (
+        weights_module.weights_server(backbone_module.pretrained_source("resnet18"))
+        == "https://mirror.example.org:8443"
+    )
 
 
 @pytest.mark.parametrize(
@@ -142,7 +145,7 @@ def test_a_server_that_accepts_but_never_answers_counts_as_unreachable(monkeypat
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
     monkeypatch.setattr(weights_module, "NETWORK_PROBE_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _name: None)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     try:
         with pytest.raises(BackboneWeightsError, match=r"127\.0\.0\.1:\d+ cannot be reached.*backbone_weights"):
@@ -185,3 +188,42 @@ def test_blocks_after_the_deepest_layer_are_dropped_without_changing_features() 
     with torch.no_grad():
         for expected, actual in zip(full(images), truncated(images), strict=True):
             torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("source", ["timm", "open_clip"])
+def test_hub_offline_mode_blocks_hub_downloads_only_for_both_loaders(source, monkeypatch) -> None:
+    """The CNN and the CLIP loaders used to disagree: HF_HUB_OFFLINE blocked every timm download, even one from a
+    URL, but no open_clip URL download. As in huggingface_hub, it blocks Hub downloads only; a URL is probed."""
+    from anomalib_featureridge.models.win_clip_plus import clip_loader
+
+    if source == "timm":
+        url_weights = backbone_module.pretrained_source("gcvit_xtiny.in1k")
+        hub_weights = backbone_module.pretrained_source("resnet18")
+    else:
+        url_weights = clip_loader.pretrained_source(
+            "ViT-B-16-plus-240", "laion400m_e31", {"url": "https://a.example/w.pt"}
+        )
+        hub_weights = clip_loader.pretrained_source("ViT-B-32", "laion2b", {"hf_hub": "laion/CLIP-ViT-B-32/"})
+    assert (bool(url_weights.url), bool(url_weights.hf_repo)) == (True, False)
+    assert (bool(hub_weights.hf_repo), bool(hub_weights.url)) == (True, False)
+    probed: list[str] = []
+    monkeypatch.setattr(weights_module, "reachable", lambda server: probed.append(server) or True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights_module.download_blocker(hub_weights) == "HF_HUB_OFFLINE is set"
+    assert probed == [], "offline mode decides without the network"
+    assert weights_module.download_blocker(url_weights) is None
+    assert probed == [weights_module.server_of(url_weights.url)]
+
+
+@pytest.mark.parametrize(
+    ("value", "offline"), [("1", True), ("ON", True), ("yes", True), ("0", False), ("false", False)]
+)
+def test_hub_offline_values_are_read_as_huggingface_hub_reads_them(value, offline, monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", value)
+    assert weights_module.hugging_face_offline() is offline
+
+
+def test_timm_cache_lookup_uses_timm_file_names() -> None:
+    """timm reads a Hub repo's safetensors file first, then its pytorch file (no open_clip name unless asked)."""
+    assert backbone_module.pretrained_source("resnet18").hf_files == ("model.safetensors", "pytorch_model.bin")

@@ -10,7 +10,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_featureridge import FeatureRidge, WinClipPlus
-from anomalib_featureridge import backbone as backbone_module
+from anomalib_featureridge.components import weights as weights_module
 from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
 
 TRAINED = {"backbone": "resnet18", "layers": ["layer1", "layer2"], "alpha": 0.5, "sigma": 0.0, "rank": 16}
@@ -61,8 +61,8 @@ def test_default_model_loads_a_checkpoint_offline_without_weights_flags(
     checkpoint, dataset_root, tmp_path, monkeypatch
 ) -> None:
     """``anomalib test --model FeatureRidge --ckpt_path X`` builds the defaults (wide_resnet50_2, pretrained)."""
-    monkeypatch.setattr(backbone_module, "reachable", lambda _host: pytest.fail("must not touch the network"))
-    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _backbone: None)
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: pytest.fail("must not touch the network"))
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
     expected = _scores(FeatureRidge.load_from_checkpoint(checkpoint), dataset_root, tmp_path / "a")
     default = FeatureRidge()
     assert torch.equal(_scores(default, dataset_root, tmp_path / "b", checkpoint), expected)
@@ -71,10 +71,10 @@ def test_default_model_loads_a_checkpoint_offline_without_weights_flags(
 
 def test_deferred_pretrained_weights_are_fetched_before_fitting(monkeypatch) -> None:
     """Without a checkpoint, the first use still needs the weights: offline, it fails with the way out."""
-    monkeypatch.setattr(backbone_module, "reachable", lambda _host: False)
-    monkeypatch.setattr(backbone_module, "_cached_weights", lambda _backbone: None)
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: False)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
     model = FeatureRidge(backbone="resnet18")
-    with pytest.raises(backbone_module.BackboneWeightsError, match="backbone_weights=PATH"):
+    with pytest.raises(weights_module.BackboneWeightsError, match="backbone_weights=PATH"):
         model.model.accumulate(torch.rand(1, 3, 32, 32))
 
 

@@ -12,6 +12,7 @@ from anomalib.models.image.winclip import torch_model as anomalib_winclip
 from PIL import Image
 
 from anomalib_featureridge import WinClipPlus, WinClipPlusModel
+from anomalib_featureridge.components import weights as weights_module
 from anomalib_featureridge.models.win_clip_plus import clip_loader
 from anomalib_featureridge.models.win_clip_plus.prompting import TEMPLATES, compose_prompts
 from anomalib_featureridge.models.win_clip_plus.windows import (
@@ -159,7 +160,7 @@ def test_k_shot_larger_than_the_training_set_is_refused(tiny_clip: dict[str, Pat
     items = [SimpleNamespace(image=torch.rand(3, 64, 64)) for _ in range(3)]
     model._trainer = SimpleNamespace(datamodule=SimpleNamespace(train_data=items, category="bottle"))
     with pytest.raises(ValueError, match=r"k_shot=5 .* the training set has only 3"):
-        model.setup("test")
+        model.on_test_start()
 
 
 def test_references_first_k_or_seeded_or_from_a_folder(tiny_clip: dict[str, Path], tmp_path: Path) -> None:
@@ -179,16 +180,16 @@ def test_references_first_k_or_seeded_or_from_a_folder(tiny_clip: dict[str, Path
     for index in range(2):
         Image.new("RGB", (40, 40), (index * 100, 50, 50)).save(tmp_path / f"normal_{index}.png")
     from_folder = _lightning_model(tiny_clip, k_shot=2, few_shot_source=tmp_path)
-    from_folder.setup("test")
+    from_folder.on_test_start()
     assert from_folder.model.k_shot == 2
     with pytest.raises(ValueError, match=r"k_shot=3 .* the folder"):
-        _lightning_model(tiny_clip, k_shot=3, few_shot_source=tmp_path).setup("test")
+        _lightning_model(tiny_clip, k_shot=3, few_shot_source=tmp_path).on_test_start()
 
 
 def test_class_name_comes_from_the_datamodule_category(tiny_clip: dict[str, Path]) -> None:
     from_category = _lightning_model(tiny_clip)
     from_category._trainer = SimpleNamespace(datamodule=SimpleNamespace(category="metal_nut"))
-    from_category.setup("test")
+    from_category.on_test_start()
     explicit = WinClipPlusModel(backbone=str(tiny_clip["config"]), pretrained=str(tiny_clip["checkpoint"]))
     explicit.set_class_name("metal nut")
     torch.testing.assert_close(from_category.model.text_embeddings, explicit.text_embeddings)
@@ -206,8 +207,8 @@ def test_checkpoint_for_another_backbone_is_refused(tiny_clip: dict[str, Path], 
 
 
 def test_no_weights_and_no_network_fails_fast_with_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clip_loader, "_cached_download", lambda _config: None)
-    monkeypatch.setattr(clip_loader, "reachable", lambda _host: False)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: False)
     build = mock.Mock(side_effect=AssertionError("must not build the model before the weights are known"))
     monkeypatch.setattr(open_clip, "create_model", build)
     with pytest.raises(clip_loader.ClipWeightsError, match=r"cannot be reached.*--model\.pretrained PATH"):
@@ -244,8 +245,8 @@ def test_paper_reproduction_fails_clearly_without_dataset_or_weights(
     with pytest.raises(SystemExit, match=r"MVTec AD not found under .*pass --root"):
         tool.main(["--root", str(tmp_path), "--categories", "bottle"])
     (tmp_path / "bottle" / "test").mkdir(parents=True)
-    monkeypatch.setattr(clip_loader, "_cached_download", lambda _config: None)
-    monkeypatch.setattr(clip_loader, "reachable", lambda _host: False)
+    monkeypatch.setattr(weights_module, "cached_weights", lambda _source: None)
+    monkeypatch.setattr(weights_module, "reachable", lambda _host: False)
     with pytest.raises(SystemExit, match=r"cannot be reached.*--pretrained PATH"):
         tool.main(["--root", str(tmp_path), "--categories", "bottle"])
     with pytest.raises(SystemExit, match="checkpoint file not found"):

@@ -39,7 +39,13 @@ def prepared(synthetic_root: Path, tiny_clip: dict[str, Path], tmp_path_factory:
         "openvino": engine.export(model=model, export_type=ExportType.OPENVINO, export_root=workdir),
     }
     images = sorted((synthetic_root / "synthetic" / "test").rglob("*.png"))[:5]
-    return {"model": model, "checkpoint": checkpoint, "paths": paths, "images": images}
+    return {
+        "model": model,
+        "checkpoint": checkpoint,
+        "paths": paths,
+        "images": images,
+        "backbone": str(tiny_clip["config"]),
+    }
 
 
 def test_get_model_finds_win_clip_plus(tiny_clip: dict[str, Path]) -> None:
@@ -107,3 +113,107 @@ def test_anomalib_test_command_few_shot(synthetic_root: Path, tiny_clip: dict[st
     assert "2 reference images for the few-shot scores" in output
     heatmaps = list((tmp_path / "WinClipPlus" / "MVTecAD" / "synthetic").rglob("images/**/*.png"))
     assert len(heatmaps) == len(list((synthetic_root / "synthetic" / "test").rglob("*.png")))
+
+
+def _predicted_scores(model: WinClipPlus, root: Path, workdir: Path, ckpt_path: Path | None = None) -> torch.Tensor:
+    engine = Engine(default_root_dir=workdir, logger=False, enable_progress_bar=False, accelerator="cpu")
+    batches = engine.predict(model=model, datamodule=_datamodule(root), ckpt_path=ckpt_path)
+    return torch.cat([batch.pred_score for batch in batches])
+
+
+def test_ckpt_path_alone_scores_with_the_checkpoints_settings_offline(
+    prepared: dict, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``anomalib predict --model WinClipPlus --ckpt_path X``: the default model (paper backbone and tag) first."""
+    import open_clip
+
+    from anomalib_featureridge.components import weights as weights_module
+
+    restored = WinClipPlus.load_from_checkpoint(prepared["checkpoint"])
+    expected = _predicted_scores(restored, synthetic_root, tmp_path / "a", prepared["checkpoint"])
+    monkeypatch.setattr(weights_module, "reachable", lambda _server: pytest.fail("must not probe for CLIP weights"))
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", lambda *_: pytest.fail("must not download"))
+    default = WinClipPlus(visualizer=False)
+    scores = _predicted_scores(default, synthetic_root, tmp_path / "b", prepared["checkpoint"])
+    torch.testing.assert_close(scores, expected)
+    assert (default.k_shot, default.class_name, default.hparams["backbone"]) == (2, "synthetic", prepared["backbone"])
+    assert default.learning_type.value == "few_shot"
+    resaved: dict = {"state_dict": default.state_dict(), "hyper_parameters": dict(default.hparams)}
+    default.on_save_checkpoint(resaved)
+    assert resaved["win_clip_plus_made_with"]["class_name"] == "synthetic", "a re-saved checkpoint keeps its word"
+
+
+@pytest.mark.parametrize(("setting", "value"), [("k_shot", 3), ("class_name", "bottle"), ("temperature", 0.5)])
+def test_a_setting_given_with_another_value_than_the_checkpoints_is_refused(
+    prepared: dict, tiny_clip: dict[str, Path], setting: str, value: object
+) -> None:
+    given = WinClipPlus(backbone=str(tiny_clip["config"]), pretrained=None, **{setting: value})
+    saved = torch.load(prepared["checkpoint"], map_location="cpu", weights_only=False)
+    with pytest.raises(
+        ValueError, match=rf"made with {setting}=.*configured with {setting}={value!r}.*--model\.{setting}"
+    ):
+        given.on_load_checkpoint(saved)
+
+
+def test_zero_shot_cli_without_weights_ends_with_the_way_out(tmp_path: Path, synthetic_root: Path) -> None:
+    """Offline, the weights error is the last line, not a jsonargparse union error around it."""
+    import os
+
+    command = [
+        "anomalib", "train", "--model", "WinClipPlus",
+        "--model.backbone", "ViT-B-32", "--model.pretrained", "laion2b_s34b_b79k",
+        "--data", "MVTecAD", "--data.root", str(synthetic_root), "--data.category", "synthetic",
+        "--data.num_workers", "0", "--default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu",
+    ]  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=environment)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Does not validate against any of the Union subtypes" not in output
+    tail = " ".join(output.split()[-60:])
+    assert "ClipWeightsError: Cannot download the pretrained weights of ViT-B-32/laion2b_s34b_b79k" in tail, tail
+    assert "HF_HUB_OFFLINE is set" in tail
+    assert "--model.pretrained PATH" in tail
+
+
+def test_checkpoint_names_its_clip_weights_instead_of_holding_them(prepared: dict, tiny_clip: dict[str, Path]) -> None:
+    """Nothing of CLIP is trained: the checkpoint records the file and a fingerprint, not the image tower."""
+    saved = torch.load(prepared["checkpoint"], map_location="cpu", weights_only=False)
+    assert not [key for key in saved["state_dict"] if key.startswith("model.encoder.visual.")]
+    assert saved["win_clip_plus_clip_weights"]["pretrained"] == str(tiny_clip["checkpoint"])
+    assert len(saved["win_clip_plus_clip_weights"]["sha256"]) == 64
+    assert "model.text_embeddings" in saved["state_dict"]
+    assert "model.reference_patches" in saved["state_dict"]
+
+
+def test_other_or_missing_clip_weights_are_refused_by_name(
+    prepared: dict, tiny_clip: dict[str, Path], tmp_path: Path
+) -> None:
+    from anomalib_featureridge.models.win_clip_plus.clip_loader import ClipWeightsError
+
+    other = tmp_path / "other.pt"
+    state = torch.load(tiny_clip["checkpoint"], weights_only=True)
+    torch.save({key: value + 1 if key == "visual.proj" else value for key, value in state.items()}, other)
+    with pytest.raises(
+        ClipWeightsError, match=r"made with the CLIP weights .*tiny-clip\.pt.*other\.pt.* other weights"
+    ):
+        WinClipPlus.load_from_checkpoint(prepared["checkpoint"], pretrained=str(other))
+    saved = torch.load(prepared["checkpoint"], map_location="cpu", weights_only=False)
+    saved["win_clip_plus_clip_weights"]["pretrained"] = str(tmp_path / "moved.pt")
+    saved["hyper_parameters"]["pretrained"] = str(tmp_path / "moved.pt")
+    torch.save(saved, tmp_path / "moved.ckpt")
+    with pytest.raises(ClipWeightsError, match=r"holds no CLIP weights: it reads them from .*moved\.pt.*not found"):
+        WinClipPlus.load_from_checkpoint(tmp_path / "moved.ckpt")
+    restored = WinClipPlus.load_from_checkpoint(tmp_path / "moved.ckpt", pretrained=str(tiny_clip["checkpoint"]))
+    batch = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval()(batch).pred_score, prepared["model"](batch).pred_score)
+
+
+def test_random_clip_weights_stay_in_the_checkpoint(tiny_clip: dict[str, Path], tmp_path: Path) -> None:
+    model = WinClipPlus(backbone=str(tiny_clip["config"]), pretrained=None, class_name="part")
+    model.export_context()
+    checkpoint: dict = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    assert "win_clip_plus_clip_weights" not in checkpoint
+    assert any(key.startswith("model.encoder.visual.") for key in checkpoint["state_dict"])

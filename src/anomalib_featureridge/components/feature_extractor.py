@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import timm
 import torch
+from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives
 from torch import nn
 
-from .weights import BackboneWeightsError, download_blocker, hugging_face_server, read_state_dict, server_of
+from .weights import BackboneWeightsError, WeightsSource, freeze, read_state_dict, require_weights
+
+PRETRAINED_WAY_OUT = (
+    "Pass a local timm state dict with backbone_weights=PATH (CLI: --model.backbone_weights PATH), or "
+    "pre_trained=False for random weights. Testing, predicting or exporting a trained checkpoint (--ckpt_path) "
+    "needs neither: its weights come from the checkpoint."
+)
 
 
 def available_layers(backbone: str) -> list[str]:
@@ -42,34 +48,21 @@ def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
     return [names.index(layer) for layer in layers]
 
 
-def _weights_server(backbone: str) -> str | None:
-    """Server that timm would download ``backbone``'s default pretrained weights from."""
+def pretrained_source(backbone: str) -> WeightsSource:
+    """Where timm fetches ``backbone``'s default pretrained weights: its Hub repo when it names one, else its URL.
+
+    timm's facts, stated once: it prefers the Hub, reads the config's ``hf_hub_filename`` (default
+    ``pytorch_model.bin``) after its safetensors alternatives, and saves URL downloads in the torch hub cache.
+    """
     config = timm.models.get_pretrained_cfg(backbone)
-    if config is None:
-        return None
-    if config.hf_hub_id:
-        return hugging_face_server()
-    return server_of(config.url) if config.url else None
-
-
-def _cached_weights(backbone: str) -> Path | None:
-    """Path of ``backbone``'s default weights in the local Hugging Face or torch hub cache, if present."""
-    config = timm.models.get_pretrained_cfg(backbone)
-    if config is None:
-        return None
-    if config.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, _, revision = config.hf_hub_id.partition("@")
-        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-            found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-            if isinstance(found, str):
-                return Path(found)
-        return None
-    if config.url:
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(config.url).path).name
-        return candidate if candidate.is_file() else None
-    return None
+    if config is not None and config.hf_hub_id:
+        repo, _, revision = config.hf_hub_id.partition("@")
+        filename = config.hf_hub_filename or HF_WEIGHTS_NAME
+        files = (filename,) if filename.endswith(".safetensors") else (*_get_safe_alternatives(filename), filename)
+        return WeightsSource(name=backbone, hf_repo=repo, hf_files=files, hf_revision=revision or None)
+    if config is not None and config.url:
+        return WeightsSource(name=backbone, url=config.url, url_cache=Path(torch.hub.get_dir()) / "checkpoints")
+    return WeightsSource(name=backbone)
 
 
 def load_backbone_weights(features: nn.Module, backbone: str, path: str | Path) -> None:
@@ -138,33 +131,16 @@ def create_feature_extractor(
     drop_unused_blocks(features, layers)
     if backbone_weights is not None:
         load_backbone_weights(features, backbone, backbone_weights)
-    if frozen:
-        features.eval()
-        for parameter in features.parameters():
-            parameter.requires_grad_(False)
-    return features
+    return freeze(features) if frozen else features
 
 
 def _create_pretrained(backbone: str, out_indices: list[int]) -> nn.Module:
-    cached = _cached_weights(backbone)
-    if cached is not None:
-        return timm.create_model(
-            backbone,
-            pretrained=True,
-            features_only=True,
-            out_indices=out_indices,
-            pretrained_cfg_overlay={"file": str(cached)},
-        )
-    reason = download_blocker(_weights_server(backbone), from_hugging_face=True)
-    if reason is not None:
-        msg = (
-            f"Cannot download pretrained weights for {backbone!r}: {reason}, and they are not in the local cache. "
-            f"Pass a local timm state dict with backbone_weights=PATH (CLI: --model.backbone_weights PATH), "
-            f"or pre_trained=False for random weights. Testing, predicting or exporting a trained checkpoint "
-            f"(--ckpt_path) needs neither: its weights come from the checkpoint."
-        )
-        raise BackboneWeightsError(msg)
-    return timm.create_model(backbone, pretrained=True, features_only=True, out_indices=out_indices)
+    """The pretrained timm model: weights from the local cache when they are there, else downloaded if it can start."""
+    cached = require_weights(pretrained_source(backbone), PRETRAINED_WAY_OUT)
+    overlay = {"file": str(cached)} if cached is not None else None
+    return timm.create_model(
+        backbone, pretrained=True, features_only=True, out_indices=out_indices, pretrained_cfg_overlay=overlay
+    )
 
 
 class _PendingPretrainedWeights:

@@ -9,9 +9,12 @@ the wrong place.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 from anomalib.models.components import AnomalibModule
+
+logger = logging.getLogger(__name__)
 
 MODEL_CLASS_KEY = "anomalib_featureridge_model_class"
 
@@ -48,3 +51,36 @@ def refuse_other_models_checkpoint(checkpoint: dict[str, Any], model: AnomalibMo
     advice = f"--model {writer} (or {writer}.load_from_checkpoint)" if writer else "the model that trained it"
     msg = f"{source} {made_by}, not by {expected}: load it with {advice}."
     raise ValueError(msg)
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in settings.items())
+
+
+def settings_from_checkpoint(
+    current: dict[str, Any], saved: dict[str, Any], defaults: dict[str, Any], path: object = None, made: str = "trained"
+) -> dict[str, Any]:
+    """The checkpoint's scoring settings the model must adopt; raise when one was given with another value.
+
+    anomalib's ``test``/``predict --ckpt_path`` build the model from the command line first, defaults included,
+    while ``export`` rebuilds it from the checkpoint. A setting left at its default therefore takes the
+    checkpoint's value (so ``--ckpt_path`` alone is enough, and the tested and the exported model are the same);
+    a setting given with another value than the checkpoint's is an error, since the saved tensors score
+    correctly only with the settings they were made with. Returns the settings whose value changes.
+    """
+    differing = [key for key in saved if current[key] != saved[key]]
+    conflicting = [key for key in differing if current[key] != defaults[key]]
+    if conflicting:
+        source = f"The checkpoint {path}" if path else "This checkpoint"
+        flags = ", ".join(f"--model.{key}" for key in conflicting)
+        msg = (
+            f"{source} was {made} with {_describe({key: saved[key] for key in conflicting})}, but the model "
+            f"is configured with {_describe({key: current[key] for key in conflicting})}. A saved model scores "
+            f"only with its own settings: leave out {flags} (the checkpoint supplies every scoring setting), or "
+            f"pass the checkpoint's values."
+        )
+        raise ValueError(msg)
+    adopted = {key: saved[key] for key in differing}
+    if adopted:
+        logger.info("Settings from the checkpoint: %s.", _describe(adopted))
+    return adopted

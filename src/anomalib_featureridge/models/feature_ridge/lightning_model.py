@@ -39,7 +39,7 @@ from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.components.feature_extractor import defer_pretrained_weights, materialise_pretrained_weights
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
-from ..checkpoints import record_model_class, refuse_other_models_checkpoint
+from ..checkpoints import record_model_class, refuse_other_models_checkpoint, settings_from_checkpoint
 from . import distributed
 from .positions import PositionStatistics
 from .ridge import RidgeStatistics
@@ -52,10 +52,6 @@ __all__ = ["FeatureRidge"]
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
 SCORING_SETTINGS = ("backbone", "layers", "head", "rank", "alpha", "sigma", "keep_statistics")
-
-
-def _describe(geometry: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value!r}" for key, value in geometry.items())
 
 
 class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, AnomalibModule):
@@ -165,32 +161,11 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         return trained
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Score with the checkpoint's settings, before tensors are copied: defaults give way, other values are refused.
-
-        anomalib's ``test``/``predict --ckpt_path`` build the model from the command line first, defaults
-        included, while ``export`` rebuilds it from the checkpoint. A setting left at its default therefore
-        takes the checkpoint's value (so ``--ckpt_path`` alone is enough, and the tested and the exported
-        model are the same); a setting given with another value than the checkpoint's is an error, since a
-        fitted model scores correctly only with the settings it was fitted with.
-        """
+        """Score with the checkpoint's settings, before tensors are copied (models/checkpoints.py has the rule)."""
         path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
         refuse_other_models_checkpoint(checkpoint, self, path)
         trained = self._trained_settings(checkpoint)
-        current = self._scoring_settings()
-        differing = [key for key in SCORING_SETTINGS if current[key] != trained[key]]
-        conflicting = [key for key in differing if current[key] != _DEFAULTS[key]]
-        if conflicting:
-            source = f"The checkpoint {path}" if path else "This checkpoint"
-            flags = ", ".join(f"--model.{key}" for key in conflicting)
-            msg = (
-                f"{source} was trained with {_describe({key: trained[key] for key in conflicting})}, but the model "
-                f"is configured with {_describe({key: current[key] for key in conflicting})}. A trained model scores "
-                f"only with its own settings: leave out {flags} (the checkpoint supplies every scoring setting), or "
-                f"pass the checkpoint's values."
-            )
-            raise ValueError(msg)
-        if differing:
-            logger.info("Settings from the checkpoint: %s.", _describe({key: trained[key] for key in differing}))
+        if settings_from_checkpoint(self._scoring_settings(), trained, _DEFAULTS, path):
             device = self.model.fitted.device
             self.model = FeatureRidgeModel(**trained, pre_trained=False, backbone_weights=None).to(device)
             self.hparams.update({**trained, "pre_trained": False, "backbone_weights": None})

@@ -15,16 +15,16 @@ from torch import nn
 
 from anomalib_featureridge.components.weights import (
     BackboneWeightsError,
-    download_blocker,
-    hugging_face_server,
-    reachable,
+    WeightsSource,
+    freeze,
     read_state_dict,
-    server_of,
+    require_weights,
 )
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+PRETRAINED_WAY_OUT = "Pass a local open_clip checkpoint file instead: pretrained=PATH (CLI: --model.pretrained PATH)."
 
 
 class ClipWeightsError(BackboneWeightsError):
@@ -61,28 +61,19 @@ def is_checkpoint_path(pretrained: str) -> bool:
     return Path(pretrained).suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained or Path(pretrained).exists()
 
 
-def _cached_download(config: dict) -> Path | None:
-    """Where open_clip keeps a URL download, if it is already there (Hugging Face files: its own cache)."""
-    url = config.get("url", "")
-    if url:
-        candidate = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-        return candidate if candidate.is_file() else None
-    hf_hub = config.get("hf_hub", "")
-    if hf_hub:
-        from huggingface_hub import try_to_load_from_cache
+def pretrained_source(model_name: str, tag: str, config: dict) -> WeightsSource:
+    """Where open_clip fetches the tag's weights: its URL first (saved in ``~/.cache/clip``), else the Hub.
 
-        repo_id, filename = os.path.split(hf_hub)
-        found = try_to_load_from_cache(repo_id, filename or "open_clip_pytorch_model.bin")
-        return Path(found) if isinstance(found, str) else None
-    return None
-
-
-def _download_server(config: dict) -> str | None:
+    open_clip's facts, stated once: a Hub entry is ``org/repo/file``, or ``org/repo/`` for its default
+    file ``open_clip_pytorch_model.bin``.
+    """
+    name = f"{model_name}/{tag}"
     if config.get("url"):
-        return server_of(config["url"])
+        return WeightsSource(name=name, url=config["url"], url_cache=Path("~/.cache/clip").expanduser())
     if config.get("hf_hub"):
-        return hugging_face_server()
-    return None
+        repo, filename = os.path.split(config["hf_hub"])
+        return WeightsSource(name=name, hf_repo=repo, hf_files=(filename or "open_clip_pytorch_model.bin",))
+    return WeightsSource(name=name)
 
 
 def ensure_weights_available(backbone: str, pretrained: str | None) -> None:
@@ -106,15 +97,7 @@ def _check_tag_is_obtainable(model_name: str, tag: str) -> None:
             f"(known: {open_clip.list_pretrained_tags_by_model(model_name)}), and no such file exists."
         )
         raise ClipWeightsError(msg)
-    if _cached_download(config) is not None:
-        return
-    reason = download_blocker(_download_server(config), from_hugging_face=bool(config.get("hf_hub")), probe=reachable)
-    if reason is not None:
-        msg = (
-            f"Cannot download the CLIP weights {model_name}/{tag}: {reason}, and they are not in the local cache. "
-            f"Pass a local open_clip checkpoint file instead: pretrained=PATH (CLI: --model.pretrained PATH)."
-        )
-        raise ClipWeightsError(msg)
+    require_weights(pretrained_source(model_name, tag, config), PRETRAINED_WAY_OUT, ClipWeightsError)
 
 
 def load_checkpoint_strictly(model: nn.Module, model_name: str, path: Path) -> None:
@@ -145,28 +128,30 @@ def load_checkpoint_strictly(model: nn.Module, model_name: str, path: Path) -> N
         raise ClipWeightsError(msg) from error
 
 
-def create_clip(backbone: str, pretrained: str | None) -> tuple[nn.Module, object, str]:
-    """Return ``(clip_model, tokenizer, model_name)``; ``pretrained=None`` gives random weights.
+def create_clip(backbone: str, pretrained: str | None, defer: bool = False) -> tuple[nn.Module, object, str]:
+    """Return ``(clip_model, tokenizer, model_name)``, frozen; ``pretrained=None`` gives random weights.
 
     A local file is loaded without touching the network; an open_clip tag is downloaded as
     open_clip does, after checking the cache and the server so that offline machines fail fast.
+    ``defer`` builds the architecture with random weights and the tag's normalisation, for a model
+    that fetches the weights on first use (a checkpoint loaded first brings its own).
     """
     open_clip = _open_clip()
     model_name = resolve_backbone(backbone)
     local_file = Path(pretrained) if pretrained and is_checkpoint_path(pretrained) else None
-    if pretrained and local_file is None:
+    if pretrained and local_file is None and not defer:
         _check_tag_is_obtainable(model_name, pretrained)
         model = open_clip.create_model(model_name, pretrained=pretrained)
     else:
         model = open_clip.create_model(model_name, pretrained=None)
-        if local_file is not None:
+        config = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained and local_file is None else {}
+        if config.get("mean") and config.get("std"):
+            model.visual.image_mean, model.visual.image_std = config["mean"], config["std"]
+        if local_file is not None and not defer:
             load_checkpoint_strictly(model, model_name, local_file)
-        else:
+        elif not pretrained:
             logger.warning("WinClipPlus uses randomly initialised CLIP weights (pretrained=None).")
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model, open_clip.get_tokenizer(model_name), model_name
+    return freeze(model), open_clip.get_tokenizer(model_name), model_name
 
 
 def clip_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -1,8 +1,9 @@
 """WinClipPlus as an anomalib model: ``anomalib test --model WinClipPlus`` (zero-shot) or with ``--model.k_shot``.
 
-Nothing is trained. ``setup`` builds the text anchors for the class name and, for few-shot, the
-reference embeddings of ``k_shot`` normal images; both are buffers, saved in the checkpoint and
-part of the export.
+Nothing is trained. Before the first validation, test or prediction (and before an export) the model
+builds the text anchors for the class name and, for few-shot, the reference embeddings of ``k_shot``
+normal images; both are buffers, saved in the checkpoint and part of the export. A checkpoint loaded
+first brings them, its CLIP weights and its scoring settings, so ``--ckpt_path`` alone downloads nothing.
 
 Example:
     >>> from anomalib.data import MVTecAD
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -33,13 +35,30 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
+from ...components.weights import state_fingerprint
 from ...data.images import refuse_high_bit_depth
-from ..checkpoints import record_model_class, refuse_other_models_checkpoint
+from ..checkpoints import record_model_class, refuse_other_models_checkpoint, settings_from_checkpoint
+from .clip_loader import ClipWeightsError, create_clip
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["WinClipPlus"]
+
+MADE_WITH_KEY = "win_clip_plus_made_with"
+CLIP_WEIGHTS_KEY = "win_clip_plus_clip_weights"
+VISUAL_PREFIX = "model.encoder.visual."
+SCORING_SETTINGS = (
+    "class_name",
+    "k_shot",
+    "backbone",
+    "scales",
+    "window_stride",
+    "temperature",
+    "few_shot_source",
+    "reference_seed",
+)
+ARCHITECTURE_SETTINGS = ("backbone", "scales", "window_stride", "temperature")
 
 
 class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
@@ -84,6 +103,7 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             scales=scales,
             window_stride=window_stride,
             temperature=temperature,
+            defer_weights=True,
         )
         if pre_processor is True:
             pre_processor = self.clip_pre_processor(model)
@@ -94,10 +114,6 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             visualizer=visualizer,
         )
         self.model: WinClipPlusModel = model
-        self.class_name = class_name
-        self.k_shot = k_shot
-        self.few_shot_source = Path(few_shot_source) if few_shot_source else None
-        self.reference_seed = reference_seed
 
     @staticmethod
     def clip_pre_processor(model: WinClipPlusModel) -> PreProcessor:
@@ -111,35 +127,136 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         )
         return PreProcessor(transform=transform)
 
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> WinClipPlus:  # noqa: ANN002, ANN003
-        """Load a prepared model; CLIP weights, anchors and references come from the checkpoint (no download)."""
-        kwargs.setdefault("pretrained", None)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+    @property
+    def k_shot(self) -> int:
+        """Requested number of reference images; the hyper-parameters hold every setting, once."""
+        return int(self.hparams["k_shot"])
+
+    @property
+    def class_name(self) -> str | None:
+        """Requested class name (``None``: the datamodule's category)."""
+        return self.hparams["class_name"]
+
+    @property
+    def few_shot_source(self) -> Path | None:
+        """Folder of reference images, ``None`` for the training set."""
+        source = self.hparams["few_shot_source"]
+        return Path(source) if source else None
+
+    @property
+    def reference_seed(self) -> int | None:
+        """Seed of the reference draw, ``None`` for the first ``k_shot`` images."""
+        return self.hparams["reference_seed"]
+
+    def _scoring_settings(self) -> dict[str, Any]:
+        """The settings the saved anchors and references were made with; a prepared model's own, else the requested."""
+        settings = {key: self.hparams[key] for key in SCORING_SETTINGS}
+        settings["scales"] = [int(scale) for scale in settings["scales"]]
+        settings["few_shot_source"] = str(settings["few_shot_source"]) if settings["few_shot_source"] else None
+        if self.model.prepared:
+            settings["class_name"], settings["k_shot"] = self.model.class_name, self.model.k_shot
+        return settings
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the model class, so that another model refuses the checkpoint by name."""
+        """Record the scoring settings and the model class, so that a loader scores as this model did.
+
+        CLIP weights read from a tag or a file stay out of the checkpoint (nothing of them is trained): it
+        records the tag or file and a fingerprint, and loading reads and checks them. Random weights are saved.
+        """
         super().on_save_checkpoint(checkpoint)
+        checkpoint[MADE_WITH_KEY] = self._scoring_settings()
         record_model_class(checkpoint, self)
+        if self.model.weights_source is not None:
+            state = checkpoint["state_dict"]
+            visual = {key: state.pop(key) for key in [key for key in state if key.startswith(VISUAL_PREFIX)]}
+            checkpoint[CLIP_WEIGHTS_KEY] = {
+                "backbone": self.hparams["backbone"],
+                "pretrained": self.model.weights_source,
+                "sha256": state_fingerprint(visual),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse another model's checkpoint, and references made with other window scales or stride."""
-        refuse_other_models_checkpoint(checkpoint, self, getattr(getattr(self, "_trainer", None), "ckpt_path", None))
-        self.model.check_references(checkpoint.get("state_dict", {}), prefix="model.")
-        super().on_load_checkpoint(checkpoint)
+        """Refuse another model's checkpoint; take the checkpoint's scoring settings (models/checkpoints.py rule).
 
-    def setup(self, stage: str) -> None:
-        """Build the text anchors and, for few-shot, the reference embeddings (once)."""
-        super().setup(stage)
+        A checkpoint without recorded settings (older) has them in its hyper-parameters.
+        """
+        path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
+        refuse_other_models_checkpoint(checkpoint, self, path)
+        saved = checkpoint.get(MADE_WITH_KEY) or {
+            key: checkpoint.get("hyper_parameters", {}).get(key, _DEFAULTS[key]) for key in SCORING_SETTINGS
+        }
+        saved = {**saved, "scales": [int(scale) for scale in saved["scales"]]}
+        adopted = settings_from_checkpoint(self._scoring_settings(), saved, _DEFAULTS, path, made="made")
+        self.hparams.update(adopted)
+        if any(key in adopted for key in ARCHITECTURE_SETTINGS):
+            settings = {key: self.hparams[key] for key in ARCHITECTURE_SETTINGS}
+            device = self.model.text_embeddings.device
+            pretrained = self.hparams["pretrained"]
+            self.model = WinClipPlusModel(**settings, pretrained=pretrained, defer_weights=True).to(device)
+        self.model.check_references(checkpoint.get("state_dict", {}), prefix="model.")
+        self.model.class_name = saved["class_name"]  # the word of the anchors about to be loaded
+        if CLIP_WEIGHTS_KEY in checkpoint:
+            self._restore_clip_weights(checkpoint, path)
+        super().on_load_checkpoint(checkpoint)
+        if "backbone" in adopted:
+            self._resize_data_as_restored()
+
+    def _restore_clip_weights(self, checkpoint: dict[str, Any], path: object) -> None:
+        """Put the CLIP weights the checkpoint names back into its state, refusing any other weights.
+
+        They come from the recorded tag or file, or from ``pretrained`` when it is given another value
+        (the same weights elsewhere); the fingerprint decides whether they are the checkpoint's.
+        """
+        record = checkpoint[CLIP_WEIGHTS_KEY]
+        given = self.hparams["pretrained"]
+        source = given if given and given != _DEFAULTS["pretrained"] else record["pretrained"]
+        where = f"The checkpoint {path}" if path else "This checkpoint"
+        try:
+            clip, _, _ = create_clip(record["backbone"], source)
+        except ClipWeightsError as error:
+            msg = f"{where} holds no CLIP weights: it reads them from {source!r}. {error}"
+            raise ClipWeightsError(msg) from error
+        visual = {VISUAL_PREFIX + key: value for key, value in clip.visual.state_dict().items()}
+        if state_fingerprint(visual) != record["sha256"]:
+            msg = (
+                f"{where} was made with the CLIP weights {record['pretrained']!r}, and {source!r} holds other "
+                f"weights. Pass the file it was made with: --model.pretrained PATH."
+            )
+            raise ClipWeightsError(msg)
+        checkpoint["state_dict"].update(visual)
+        self.model.weights_source = source
+
+    def _resize_data_as_restored(self) -> None:
+        """Give the datamodule the restored pre-processor's input size.
+
+        anomalib copies the model's resize into the datasets at setup, which Lightning runs before it loads
+        the checkpoint: a command-line model with another backbone would otherwise resize every image twice.
+        """
+        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        update = getattr(datamodule, "_update_augmentations", None)
+        if update is not None:
+            update()
+
+    def on_validation_start(self) -> None:
+        """Build the anchors and references before the first score, unless a loaded checkpoint brought them."""
+        self._prepare()
+
+    def on_test_start(self) -> None:
+        """Build the anchors and references before the first score, unless a loaded checkpoint brought them."""
+        self._prepare()
+
+    def on_predict_start(self) -> None:
+        """Build the anchors and references before the first score, unless a loaded checkpoint brought them."""
         self._prepare()
 
     def export_context(self) -> AbstractContextManager:
-        """Every export first builds what ``setup`` would (anchors, references): no run is needed before it."""
+        """Every export first builds what a run would (anchors, references): no run is needed before it."""
         self._prepare()
         return nullcontext()
 
     def _prepare(self) -> None:
-        if self.model.text_embeddings.shape[0] == 0:
+        """Anchors and references, once: after ``setup`` and any checkpoint (Lightning loads one after ``setup``)."""
+        if not self.model.prepared:
             self.model.set_class_name(self._resolve_class_name())
         if self.k_shot and self.model.k_shot != self.k_shot:
             images = self._reference_images()
@@ -191,3 +308,11 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def learning_type(self) -> LearningType:
         """Zero-shot without references, few-shot with them."""
         return LearningType.FEW_SHOT if self.k_shot else LearningType.ZERO_SHOT
+
+
+_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(WinClipPlus.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+_DEFAULTS["scales"] = list(_DEFAULTS["scales"])

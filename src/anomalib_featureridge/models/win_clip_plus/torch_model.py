@@ -49,6 +49,8 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
         window_stride: Step between windows in patches (1 = paper). 2 runs about a quarter of the
             windows, for speed.
         temperature: Softmax temperature of Eq. (1) (CLIP's 0.07, as anomalib's WinClip).
+        defer_weights: Fetch the ``pretrained`` weights on first use (anchors, references or scores), not now:
+            a state dict of a prepared model loaded first brings them, so loading a checkpoint never downloads.
     """
 
     def __init__(
@@ -58,12 +60,16 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
         scales: Sequence[int] = (2, 3),
         window_stride: int = 1,
         temperature: float = TEMPERATURE,
+        defer_weights: bool = False,
     ) -> None:
         super().__init__()
         if not scales:
             msg = "WinClipPlus needs at least one window scale, e.g. scales=(2, 3)."
             raise ValueError(msg)
-        clip, tokenizer, self.model_name = create_clip(backbone, pretrained)
+        clip, tokenizer, self.model_name = create_clip(backbone, pretrained, defer=defer_weights)
+        self._pending_weights: tuple[str, str] | None = (backbone, pretrained) if defer_weights and pretrained else None
+        # The tag or file the image tower's weights were read from; None: random, not fetched yet, or a state dict's.
+        self.weights_source: str | None = pretrained if pretrained and not defer_weights else None
         self.scales = tuple(int(scale) for scale in scales)
         self.window_stride = int(window_stride)
         self.temperature = float(temperature)
@@ -80,14 +86,34 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
         self.register_buffer("reference_patches", torch.zeros(0, clip.visual.ln_post.normalized_shape[0]))
         for scale in self.scales:
             self.register_buffer(f"reference_windows_{scale}", torch.zeros(0, embed_dim))
+        self.class_name: str | None = None  # the word the anchors were made for
         # Text tower kept off the module (not saved, not exported) until the anchors are computed.
         self._text_side: tuple[nn.Module, object] | None = (clip, tokenizer)
 
     @property
+    def prepared(self) -> bool:
+        """Whether the text anchors exist: the one test of a model ready to score (references are optional)."""
+        return self.text_embeddings.shape[0] > 0
+
+    def materialise_weights(self) -> None:
+        """Fetch deferred pretrained weights now (image and text tower); nothing to do if none are pending."""
+        if self._pending_weights is None:
+            return
+        clip, tokenizer, _ = create_clip(*self._pending_weights)
+        self.encoder.visual.load_state_dict(clip.visual.state_dict())
+        if self._text_side is not None:
+            self._text_side = (clip, tokenizer)
+        self.weights_source = self._pending_weights[1]
+        self._pending_weights = None
+
+    @property
     def k_shot(self) -> int:
-        """Number of reference images the few-shot buffers were built from (0: zero-shot)."""
-        per_image = self.grid_size[0] * self.grid_size[1]
-        return self.reference_patches.shape[0] // per_image
+        """Number of reference images the few-shot buffers were built from (0: zero-shot); the buffers are the truth."""
+        return self._images_in(self.reference_patches)
+
+    def _images_in(self, reference_patches: torch.Tensor) -> int:
+        """How many reference images ``reference_patches`` (one row per patch of each image) hold."""
+        return reference_patches.shape[0] // (self.grid_size[0] * self.grid_size[1])
 
     def coverage(self, scale: int) -> torch.Tensor:
         """Window-to-patch coverage matrix of ``scale``."""
@@ -106,22 +132,25 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
         if self._text_side is None:
             msg = "The text tower was released after the first class name; build a new model for another class."
             raise RuntimeError(msg)
+        self.materialise_weights()
         clip, tokenizer = self._text_side
         self.text_embeddings = text_anchors(clip, tokenizer, class_name).to(self.text_embeddings.device)
+        self.class_name = class_name
         self._text_side = None
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
-        """Loaded anchors make the text tower useless: release it (a checkpoint never needs it)."""
+        """A loaded prepared model needs neither the text tower nor deferred weights (its own came with it)."""
         super()._load_from_state_dict(state_dict, prefix, *args)
-        if self.text_embeddings.shape[0] > 0:
+        if self.prepared:
             self._text_side = None
+            self._pending_weights = None
 
     def check_references(self, state_dict: dict[str, torch.Tensor], prefix: str = "") -> None:
         """Raise if ``state_dict``'s reference windows do not fit this model's scales and stride."""
         patches = state_dict.get(f"{prefix}reference_patches")
-        if patches is None or patches.shape[0] == 0:
+        k_shot = 0 if patches is None else self._images_in(patches)
+        if not k_shot:
             return
-        k_shot = patches.shape[0] // (self.grid_size[0] * self.grid_size[1])
         for scale in self.scales:
             windows = state_dict.get(f"{prefix}reference_windows_{scale}")
             expected = k_shot * self.coverage(scale).shape[0]
@@ -137,6 +166,7 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
     @torch.no_grad()
     def set_reference_images(self, images: torch.Tensor) -> None:
         """Store unit-norm patch and window embeddings of ``k`` normal pre-processed images (Sec. 4.3)."""
+        self.materialise_weights()
         _, patch_tokens, window_embeddings = self.encoder(images)
         self.reference_patches = nn.functional.normalize(patch_tokens.flatten(0, 1), dim=-1)
         for scale, windows in zip(self.scales, window_embeddings, strict=True):
@@ -180,12 +210,12 @@ class WinClipPlusModel(DynamicBufferMixin, nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             msg = f"WinClipPlus expects images of shape (B, 3, H, W), got {tuple(images.shape)}."
             raise ValueError(msg)
-        if self.text_embeddings.shape[0] == 0:
-            msg = "WinClipPlus has no text anchors yet: call set_class_name() (the Lightning model does it in setup)."
+        if not self.prepared:
+            msg = "WinClipPlus has no text anchors yet: call set_class_name() (WinClipPlus does it before scoring)."
             raise RuntimeError(msg)
         image_embeddings, patch_tokens, window_embeddings = self.encoder(images)
         image_scores, patch_map = self.zero_shot_maps(image_embeddings, window_embeddings)
-        if self.reference_patches.shape[0] > 0:
+        if self.k_shot:
             few_shot = self.few_shot_map(patch_tokens, window_embeddings)
             patch_map = (patch_map + few_shot) / 2.0
             image_scores = (image_scores + few_shot.amax(dim=1)) / 2.0
