@@ -32,6 +32,21 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def list_images(folder: str | Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """The image files in ``folder`` (with ``recursive``, in its sub-folders too, none under ``exclude``), sorted.
+
+    The one lister of this package: every command that takes a folder of images sees the same files.
+    """
+    folder = Path(folder)
+    excluded = exclude.resolve() if exclude is not None else None
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        path
+        for path in candidates
+        if path.is_file() and is_image_file(path) and (excluded is None or excluded not in path.resolve().parents)
+    )
+
+
 def _scaled_to_8_bit(image: Image.Image, path: Path) -> Image.Image:
     values = np.asarray(image, dtype=np.int64)
     if values.min() < 0 or values.max() > _FULL_SCALE_16_BIT:
