@@ -1,14 +1,133 @@
-"""What the AnomalibModules of this package share: no optimiser, the paper metrics, validation scoring."""
+"""What the AnomalibModules of this package share: no optimiser, the paper metrics, validation scoring, run checks.
+
+The run checks are callbacks every model brings along: a learnt threshold that flags (nearly) every
+good validation image is reported, and a fit that stops part-way leaves its version folder marked
+incomplete, with anomalib's ``latest`` link back on the last complete run.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from ..data.images import refuse_high_bit_depth
+from ..data.images import name_unreadable_files, refuse_high_bit_depth
 from .evaluator import segmentation_evaluator
+
+logger = logging.getLogger(__name__)
+
+# A threshold that flags at least this share of the good validation images separates nothing.
+FLAGGED_GOOD_SHARE = 0.9
+INCOMPLETE_MARKER = "INCOMPLETE.txt"
+_VERSION = re.compile(r"v(\d+)")
+
+
+class ThresholdCheck(Callback):
+    """Warn when the image threshold learnt on validation flags (nearly) every good validation image.
+
+    anomalib's default threshold maximises F1 on the validation set; for a model that separates the
+    classes poorly that optimum is often "everything is anomalous", which no metric reports.
+    """
+
+    def __init__(self) -> None:
+        self.good_scores: list[torch.Tensor] = []
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start a new count."""
+        del trainer, pl_module
+        self.good_scores = []
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        """Keep the raw scores of the good images (those the post-processor's threshold is compared to)."""
+        del trainer, pl_module, args
+        scores, labels = getattr(outputs, "pred_score", None), getattr(outputs, "gt_label", None)
+        if scores is not None and labels is not None:
+            self.good_scores.append(scores.detach().flatten()[labels.flatten() == 0].cpu())
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compare the threshold just learnt (post-processors run before this callback) with the good scores."""
+        del trainer
+        post_processor = getattr(pl_module, "post_processor", None)
+        threshold = getattr(post_processor, "image_threshold", None)
+        if not self.good_scores or threshold is None or bool(torch.isnan(threshold)):
+            return
+        good = torch.cat(self.good_scores)
+        flagged = int((good > threshold.cpu()).sum())
+        if good.numel() and flagged >= FLAGGED_GOOD_SHARE * good.numel():
+            logger.warning(
+                "The image threshold learnt on the validation set (%s) flags %d of %d good validation images as "
+                "anomalous: at this threshold the model does not tell good images from defective ones. For a "
+                "threshold set from the good images at a chosen false-alarm rate, use --model.post_processor "
+                "anomalib_featureridge.NormalQuantilePostProcessor (anomalib_featureridge.thresholds, "
+                "docs/thresholds.md).",
+                type(post_processor).__name__,
+                flagged,
+                good.numel(),
+            )
+
+
+def _complete_versions_before(version_dir: Path) -> list[Path]:
+    """Sibling version folders older than ``version_dir`` not marked incomplete, oldest first."""
+    number = int(_VERSION.fullmatch(version_dir.name).group(1))
+    older = [
+        (int(match.group(1)), path)
+        for path in version_dir.parent.iterdir()
+        if (match := _VERSION.fullmatch(path.name)) and path.is_dir() and not path.is_symlink()
+    ]
+    return [path for index, path in sorted(older) if index < number and not (path / INCOMPLETE_MARKER).exists()]
+
+
+def mark_incomplete_run(version_dir: Path, reason: BaseException) -> None:
+    """Mark an interrupted fit's version folder and point ``latest`` back to the last complete run.
+
+    anomalib's Engine makes a ``vN`` folder and points ``latest`` at it before the fit starts, so after an
+    interrupted fit ``latest`` leads to partial results. The folder is kept (it may hold checkpoints) and
+    marked; ``latest`` moves back only when an earlier complete run exists (with none it stays: anomalib
+    recreates a link, not a folder, named ``latest``).
+    """
+    (version_dir / INCOMPLETE_MARKER).write_text(
+        f"This run stopped before its fit completed ({type(reason).__name__}: {reason}).\n"
+        "Its checkpoints, if any, are partial. Rerun the training; this folder can be deleted.\n"
+    )
+    latest = version_dir.parent / "latest"
+    moved = ""
+    if latest.is_symlink() and latest.resolve() == version_dir.resolve():
+        complete = _complete_versions_before(version_dir)
+        if complete:
+            temporary = latest.with_name("latest.tmp")
+            temporary.unlink(missing_ok=True)
+            temporary.symlink_to(complete[-1], target_is_directory=True)
+            os.replace(temporary, latest)
+            moved = f"; `latest` points to {complete[-1].name} again, the last complete run"
+    logger.warning(
+        "The fit stopped before it completed (%s): %s is incomplete (marked with %s)%s.",
+        type(reason).__name__,
+        version_dir,
+        INCOMPLETE_MARKER,
+        moved or "; `latest` still points to it, as no earlier run is complete",
+    )
+
+
+class IncompleteRunMarker(Callback):
+    """On an exception or Ctrl-C during a fit, mark the run folder incomplete (see :func:`mark_incomplete_run`)."""
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Only fits write a version folder that later commands follow through ``latest``."""
+        del pl_module
+        version_dir = Path(trainer.default_root_dir)
+        if trainer.state.fn == TrainerFn.FITTING and trainer.is_global_zero and _VERSION.fullmatch(version_dir.name):
+            mark_incomplete_run(version_dir, exception)
 
 
 class ScoringModelMixin:
@@ -18,10 +137,17 @@ class ScoringModelMixin:
     """
 
     def setup(self, stage: str) -> None:
-        """Refuse 16-bit grayscale dataset files before anomalib's reader clips them to white frames."""
+        """Refuse 16-bit grayscale files (anomalib's reader clips them to white); name files that cannot be read."""
         datamodule = getattr(self._trainer, "datamodule", None)
         refuse_high_bit_depth(getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
+        name_unreadable_files(datamodule)
         super().setup(stage)
+
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """The components' callbacks, then the run checks (after the post-processor, which sets the threshold)."""
+        callbacks = super().configure_callbacks()
+        callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
+        return [*callbacks, ThresholdCheck(), IncompleteRunMarker()]
 
     @staticmethod
     def configure_optimizers() -> None:
