@@ -12,7 +12,8 @@ from anomalib.engine import Engine
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
 
 from anomalib_featureridge import FeatureRidge
-from anomalib_featureridge.components.scoring_module import INCOMPLETE_MARKER, IncompleteRunMarker, ThresholdCheck
+from anomalib_featureridge.components.run_folders import INCOMPLETE_MARKER, IncompleteRunMarker
+from anomalib_featureridge.components.scoring_module import ThresholdCheck
 
 
 def _model() -> FeatureRidge:

@@ -8,10 +8,7 @@ incomplete, with anomalib's ``latest`` link back on the last complete run.
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,18 +16,16 @@ from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from ..data.images import name_unreadable_files, refuse_high_bit_depth
 from .evaluator import segmentation_evaluator
+from .run_folders import IncompleteRunMarker
 
 logger = logging.getLogger(__name__)
 
 # A threshold that flags at least this share of the good validation images separates nothing.
 FLAGGED_GOOD_SHARE = 0.9
-INCOMPLETE_MARKER = "INCOMPLETE.txt"
-_VERSION = re.compile(r"v(\d+)")
 
 
 class ThresholdCheck(Callback):
@@ -75,59 +70,6 @@ class ThresholdCheck(Callback):
                 flagged,
                 good.numel(),
             )
-
-
-def _complete_versions_before(version_dir: Path) -> list[Path]:
-    """Sibling version folders older than ``version_dir`` not marked incomplete, oldest first."""
-    number = int(_VERSION.fullmatch(version_dir.name).group(1))
-    older = [
-        (int(match.group(1)), path)
-        for path in version_dir.parent.iterdir()
-        if (match := _VERSION.fullmatch(path.name)) and path.is_dir() and not path.is_symlink()
-    ]
-    return [path for index, path in sorted(older) if index < number and not (path / INCOMPLETE_MARKER).exists()]
-
-
-def mark_incomplete_run(version_dir: Path, reason: BaseException) -> None:
-    """Mark an interrupted fit's version folder and point ``latest`` back to the last complete run.
-
-    anomalib's Engine makes a ``vN`` folder and points ``latest`` at it before the fit starts, so after an
-    interrupted fit ``latest`` leads to partial results. The folder is kept (it may hold checkpoints) and
-    marked; ``latest`` moves back only when an earlier complete run exists (with none it stays: anomalib
-    recreates a link, not a folder, named ``latest``).
-    """
-    (version_dir / INCOMPLETE_MARKER).write_text(
-        f"This run stopped before its fit completed ({type(reason).__name__}: {reason}).\n"
-        "Its checkpoints, if any, are partial. Rerun the training; this folder can be deleted.\n"
-    )
-    latest = version_dir.parent / "latest"
-    moved = ""
-    if latest.is_symlink() and latest.resolve() == version_dir.resolve():
-        complete = _complete_versions_before(version_dir)
-        if complete:
-            temporary = latest.with_name("latest.tmp")
-            temporary.unlink(missing_ok=True)
-            temporary.symlink_to(complete[-1], target_is_directory=True)
-            os.replace(temporary, latest)
-            moved = f"; `latest` points to {complete[-1].name} again, the last complete run"
-    logger.warning(
-        "The fit stopped before it completed (%s): %s is incomplete (marked with %s)%s.",
-        type(reason).__name__,
-        version_dir,
-        INCOMPLETE_MARKER,
-        moved or "; `latest` still points to it, as no earlier run is complete",
-    )
-
-
-class IncompleteRunMarker(Callback):
-    """On an exception or Ctrl-C during a fit, mark the run folder incomplete (see :func:`mark_incomplete_run`)."""
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Only fits write a version folder that later commands follow through ``latest``."""
-        del pl_module
-        version_dir = Path(trainer.default_root_dir)
-        if trainer.state.fn == TrainerFn.FITTING and trainer.is_global_zero and _VERSION.fullmatch(version_dir.name):
-            mark_incomplete_run(version_dir, exception)
 
 
 class ScoringModelMixin:
