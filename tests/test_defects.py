@@ -14,11 +14,12 @@ from anomalib_featureridge.data.defects import (
     add_defect,
     draw_line,
     hold_out,
+    hold_out_with_defects,
     make_synthetic_split,
     read_gray_or_rgb,
     rotate_locally,
 )
-from anomalib_featureridge.data.synthetic import make_defect_image
+from anomalib_featureridge.data.demo_dataset import make_defect_image
 
 SIZE = 64
 
@@ -145,6 +146,28 @@ def test_cli_holds_out_good_images_for_a_synthetic_split(tmp_path: Path) -> None
     assert len(list((category / "train" / "good").glob("*.png"))) == 3
     assert len(list((category / "test" / "good").glob("*.png"))) == 2
     assert len(list((category / "ground_truth").rglob("*_mask.png"))) == 2
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*.png"))}
+
+
+def test_the_same_seed_gives_the_same_defects_from_the_cli_and_the_library(tmp_path: Path) -> None:
+    # An object on a background, so that which images the object finder averages changes the defects.
+    good = tmp_path / "good"
+    good.mkdir()
+    for index in range(6):
+        image = np.full((SIZE, SIZE), 30, dtype=np.uint8)
+        image[12 + index : 52, 10:50] = _textured(index, colour=False)[12 + index : 52, 10:50]
+        Image.fromarray(image).save(good / f"{index}.png")
+    assert main(["synthesize-defects", str(good), str(tmp_path / "cli"), "--holdout", "0.5", "--seed", "3"]) == 0
+    paths = sorted(good.glob("*.png"))
+    kept, held, counts = hold_out_with_defects(paths, tmp_path / "library" / "synthetic_defects", 0.5, seed=3)
+    assert (kept, held) == hold_out(paths, 0.5, seed=3)
+    assert counts["good"] == len(held) == 3
+    cli_split = _folder_bytes(tmp_path / "cli" / "synthetic_defects")
+    library_split = _folder_bytes(tmp_path / "library" / "synthetic_defects")
+    assert {name: data for name, data in cli_split.items() if not name.startswith("train")} == library_split
 
 
 def test_hold_out_is_seeded_disjoint_and_refuses_an_empty_share() -> None:

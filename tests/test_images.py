@@ -15,7 +15,7 @@ from PIL import Image
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.cli import main
 from anomalib_featureridge.data.defects import make_synthetic_split
-from anomalib_featureridge.data.images import convert_to_8bit, read_gray_or_rgb, read_rgb
+from anomalib_featureridge.data.images import convert_to_8bit, list_images, read_gray_or_rgb, read_rgb
 
 
 def _gradient_16_bit(size: int = 64) -> np.ndarray:
@@ -105,3 +105,17 @@ def test_the_way_out_converts_a_dataset_that_then_trains(synthetic_root: Path, t
     assert bool(_fit(converted_root, tmp_path / "run").model.fitted)
     with pytest.raises(FileExistsError, match="already exist"):
         convert_to_8bit(root, converted_root)
+
+
+def test_one_lister_for_every_folder_of_images(tmp_path: Path) -> None:
+    # The suffix set of data/images.py (with .webp, which PIL and anomalib's Folder read) is the one for every lister.
+    for name in ("b.PNG", "a.webp", "c.jpeg", "notes.txt", "sub/d.tif", "out/e.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")  # the lister goes by the suffix, case-insensitively; it reads nothing
+    assert [path.name for path in list_images(tmp_path)] == ["a.webp", "b.PNG", "c.jpeg"]
+    assert [path.name for path in list_images(tmp_path, recursive=True, exclude=tmp_path / "out")] == [
+        "a.webp",
+        "b.PNG",
+        "c.jpeg",
+        "d.tif",
+    ]

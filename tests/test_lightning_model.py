@@ -58,6 +58,40 @@ def test_checkpoint_round_trip_gives_identical_scores(trained, synthetic_root: P
     assert restored.model.statistics.count == model.model.statistics.count
 
 
+def test_fitted_is_one_flag_and_old_checkpoints_with_the_mixin_flag_load(trained, tmp_path: Path) -> None:
+    model, engine, _ = trained
+    assert "_is_fitted" not in model.state_dict(), "whether the model is fitted lives in model.fitted only"
+    path = tmp_path / "model.ckpt"
+    engine.trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["state_dict"]["_is_fitted"] = torch.tensor([True])  # as written while FeatureRidge used MemoryBankMixin
+    torch.save(checkpoint, path)
+    restored = FeatureRidge.load_from_checkpoint(path, map_location="cpu").eval()
+    assert bool(restored.model.fitted)
+    images = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
+
+
+def test_a_second_epoch_does_not_count_the_images_twice(synthetic_root: Path, tmp_path: Path) -> None:
+    from lightning.pytorch import Trainer
+
+    once, twice = _model(), _model()
+    dataset = MVTecADDataset(root=synthetic_root, category="synthetic")
+    for model, epochs in ((once, 1), (twice, 2)):
+        trainer = Trainer(
+            max_epochs=epochs,
+            logger=False,
+            enable_progress_bar=False,
+            accelerator="cpu",
+            default_root_dir=tmp_path,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(model, train_dataloaders=_loader(dataset))
+    assert float(twice.model.statistics.count) == float(once.model.statistics.count)
+    torch.testing.assert_close(twice.model.weight, once.model.weight, rtol=0, atol=0)
+
+
 def test_checkpoint_loads_without_the_original_weights_file(synthetic_root: Path, tmp_path: Path) -> None:
     weights = tmp_path / "r18.pth"
     torch.save(timm.create_model(SMALL_BACKBONE, pretrained=False).state_dict(), weights)

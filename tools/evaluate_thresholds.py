@@ -39,7 +39,8 @@ from anomalib.post_processing import PostProcessor
 from sklearn.metrics import roc_auc_score
 
 from anomalib_featureridge import FeatureRidge, NormalQuantilePostProcessor
-from anomalib_featureridge.data.defects import DEFECT_KINDS, hold_out, images_in, make_synthetic_split
+from anomalib_featureridge.data.defects import DEFECT_KINDS, hold_out_with_defects
+from anomalib_featureridge.data.images import list_images
 from anomalib_featureridge.thresholds import calibrate
 
 
@@ -49,7 +50,7 @@ def labelled_images(split_dir: Path) -> list[tuple[Path, int, str]]:
         (path, int(folder.name != "good"), folder.name)
         for folder in sorted(split_dir.iterdir())
         if folder.is_dir()
-        for path in images_in(folder)
+        for path in list_images(folder)
     ]
 
 
@@ -134,7 +135,8 @@ def score_test(
 def evaluate_category(args: argparse.Namespace, category: str, workdir: Path) -> tuple[list[dict], dict]:
     """Fit once, then compare the thresholds; return the threshold rows and the AUROC row."""
     category_dir = args.root / category
-    fit_images, holdout = hold_out(images_in(category_dir / "train" / "good"), args.holdout, args.seed)
+    good = list_images(category_dir / "train" / "good")
+    fit_images, holdout, _ = hold_out_with_defects(good, workdir / category, args.holdout, args.kinds, args.seed)
     start = time.perf_counter()
     scorer = Scorer(args.backbone, args.layers, args.weights, args.batch_size)
     scorer.fit(fit_images)
@@ -143,7 +145,6 @@ def evaluate_category(args: argparse.Namespace, category: str, workdir: Path) ->
 
     holdout_predictions = list(scorer.score(holdout))
     holdout_scores = torch.cat([prediction.pred_score for prediction in holdout_predictions])
-    make_synthetic_split(holdout, workdir / category, split="test", kinds=args.kinds, seed=args.seed)
     synthetic = [(path, kind) for path, label, kind in labelled_images(workdir / category / "test") if label]
     synthetic_predictions = list(scorer.score([path for path, _ in synthetic]))
     synthetic_scores = torch.cat([prediction.pred_score for prediction in synthetic_predictions])

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anomalib_featureridge.benchmark import options as benchmark_options
-from anomalib_featureridge.data.synthetic import SyntheticSpec, make_synthetic_dataset
+from anomalib_featureridge.data.demo_dataset import SyntheticSpec, make_synthetic_dataset
 from anomalib_featureridge.deploy.precision import EXACT, PRECISIONS
 
 
@@ -105,25 +105,17 @@ def _to_8bit(args: argparse.Namespace) -> int:
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    from anomalib_featureridge.data.defects import (
-        DEFECT_KINDS,
-        ObjectRegionFinder,
-        hold_out,
-        images_in,
-        make_synthetic_split,
-    )
-    from anomalib_featureridge.data.images import copy_as_8_bit, read_gray_or_rgb
+    from anomalib_featureridge.data.defects import DEFECT_KINDS, hold_out_with_defects
+    from anomalib_featureridge.data.images import copy_as_8_bit, list_images
 
-    good = images_in(args.source)
+    good = list_images(args.source)
     if not good:
         print(f"No images in {args.source}", file=sys.stderr)
         return 2
-    kept, held_out = hold_out(good, args.holdout, args.seed)
     category_dir = args.output / args.category
+    kept, _, counts = hold_out_with_defects(good, category_dir, args.holdout, args.kinds or DEFECT_KINDS, args.seed)
     for path in kept:
         copy_as_8_bit(path, category_dir / "train" / "good" / path.name)
-    finder = ObjectRegionFinder.from_images(read_gray_or_rgb(path) for path in good)
-    counts = make_synthetic_split(held_out, category_dir, "test", args.kinds or DEFECT_KINDS, args.seed, finder)
     print(f"Wrote {category_dir}: {len(kept)} train/good, synthetic test split {counts}.")
     if kept:
         print("Thresholds and metrics from the synthetic defects (F1 needs positives):")

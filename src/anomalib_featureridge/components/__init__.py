@@ -5,5 +5,6 @@
 - ``filters``: the separable Gaussian blur of anomaly maps.
 - ``evaluator``: the metrics every model is tested with.
 - ``export``: the one export path (torch, ONNX, OpenVINO).
-- ``scoring_module``: what the AnomalibModules share (no optimiser, evaluator, validation step).
+- ``scoring_module``: what the AnomalibModules share (no optimiser, evaluator, validation step, run checks).
+- ``run_folders``: anomalib's ``vN``/``latest`` run folders: interrupted fits marked, ``latest`` re-pointed.
 """

@@ -1,14 +1,75 @@
-"""What the AnomalibModules of this package share: no optimiser, the paper metrics, validation scoring."""
+"""What the AnomalibModules of this package share: no optimiser, the paper metrics, validation scoring, run checks.
+
+The run checks are callbacks every model brings along: a learnt threshold that flags (nearly) every
+good validation image is reported, and a fit that stops part-way leaves its version folder marked
+incomplete, with anomalib's ``latest`` link back on the last complete run.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from ..data.images import refuse_high_bit_depth
+from ..data.images import name_unreadable_files, refuse_high_bit_depth
 from .evaluator import segmentation_evaluator
+from .run_folders import IncompleteRunMarker
+
+logger = logging.getLogger(__name__)
+
+# A threshold that flags at least this share of the good validation images separates nothing.
+FLAGGED_GOOD_SHARE = 0.9
+
+
+class ThresholdCheck(Callback):
+    """Warn when the image threshold learnt on validation flags (nearly) every good validation image.
+
+    anomalib's default threshold maximises F1 on the validation set; for a model that separates the
+    classes poorly that optimum is often "everything is anomalous", which no metric reports.
+    """
+
+    def __init__(self) -> None:
+        self.good_scores: list[torch.Tensor] = []
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start a new count."""
+        del trainer, pl_module
+        self.good_scores = []
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        """Keep the raw scores of the good images (those the post-processor's threshold is compared to)."""
+        del trainer, pl_module, args
+        scores, labels = getattr(outputs, "pred_score", None), getattr(outputs, "gt_label", None)
+        if scores is not None and labels is not None:
+            self.good_scores.append(scores.detach().flatten()[labels.flatten() == 0].cpu())
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compare the threshold just learnt (post-processors run before this callback) with the good scores."""
+        del trainer
+        post_processor = getattr(pl_module, "post_processor", None)
+        threshold = getattr(post_processor, "image_threshold", None)
+        if not self.good_scores or threshold is None or bool(torch.isnan(threshold)):
+            return
+        good = torch.cat(self.good_scores)
+        flagged = int((good > threshold.cpu()).sum())
+        if good.numel() and flagged >= FLAGGED_GOOD_SHARE * good.numel():
+            logger.warning(
+                "The image threshold learnt on the validation set (%s) flags %d of %d good validation images as "
+                "anomalous: at this threshold the model does not tell good images from defective ones. For a "
+                "threshold set from the good images at a chosen false-alarm rate, use --model.post_processor "
+                "anomalib_featureridge.NormalQuantilePostProcessor (anomalib_featureridge.thresholds, "
+                "docs/thresholds.md).",
+                type(post_processor).__name__,
+                flagged,
+                good.numel(),
+            )
 
 
 class ScoringModelMixin:
@@ -18,10 +79,17 @@ class ScoringModelMixin:
     """
 
     def setup(self, stage: str) -> None:
-        """Refuse 16-bit grayscale dataset files before anomalib's reader clips them to white frames."""
+        """Refuse 16-bit grayscale files (anomalib's reader clips them to white); name files that cannot be read."""
         datamodule = getattr(self._trainer, "datamodule", None)
         refuse_high_bit_depth(getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
+        name_unreadable_files(datamodule)
         super().setup(stage)
+
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """The components' callbacks, then the run checks (after the post-processor, which sets the threshold)."""
+        callbacks = super().configure_callbacks()
+        callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
+        return [*callbacks, ThresholdCheck(), IncompleteRunMarker()]
 
     @staticmethod
     def configure_optimizers() -> None:

@@ -1,5 +1,5 @@
-"""Data helpers: the generated MVTec-layout defect dataset."""
+"""Data: reading images (images), synthetic defects on real images (defects), the generated demo (demo_dataset)."""
 
-from .synthetic import DEFECT_TYPES, SyntheticSpec, make_synthetic_dataset
+from .demo_dataset import DEFECT_TYPES, SyntheticSpec, make_synthetic_dataset
 
 __all__ = ["DEFECT_TYPES", "SyntheticSpec", "make_synthetic_dataset"]

@@ -35,7 +35,7 @@ from scipy.ndimage import binary_closing, binary_fill_holes
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
-from .images import is_image_file, read_gray_or_rgb
+from .images import read_gray_or_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -355,14 +355,6 @@ def add_defects_to_batch(
     return defective, torch.from_numpy(masks)[:, None].to(images.device)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def images_in(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted(path for path in Path(folder).iterdir() if is_image_file(path))
-
-
 def hold_out(paths: Sequence[Path], share: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
     """``(kept, held out)``: a seeded random ``share`` of ``paths`` (at least one) is held out, both in name order."""
     if not 0.0 < share <= 1.0:
@@ -427,6 +419,26 @@ def make_synthetic_split(
         counts[kind] += 1
     logger.info("Synthetic split written to %s: %s", category_dir / split, counts)
     return counts
+
+
+def hold_out_with_defects(
+    good_images: Sequence[str | Path],
+    category_dir: str | Path,
+    share: float,
+    kinds: Sequence[str] = DEFECT_KINDS,
+    seed: int = 0,
+) -> tuple[list[Path], list[Path], dict[str, int]]:
+    """Hold out a seeded ``share`` of the good images and write the synthetic test split from them.
+
+    The one hold-out step, so a seed gives the same defects wherever it is used. The object is found
+    from all the good images, held out or not: they are all normal, and more of them give a steadier
+    mean image. Returns ``(kept, held out, counts per label)``; the kept images are for fitting.
+    """
+    paths = [Path(path) for path in good_images]
+    kept, held_out = hold_out(paths, share, seed)
+    finder = ObjectRegionFinder.from_images(read_gray_or_rgb(path) for path in paths)
+    counts = make_synthetic_split(held_out, category_dir, "test", kinds, seed, finder)
+    return kept, held_out, counts
 
 
 def _save(array: np.ndarray, path: Path) -> None:

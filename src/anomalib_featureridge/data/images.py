@@ -32,6 +32,21 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def list_images(folder: str | Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """The image files in ``folder`` (with ``recursive``, in its sub-folders too, none under ``exclude``), sorted.
+
+    The one lister of this package: every command that takes a folder of images sees the same files.
+    """
+    folder = Path(folder)
+    excluded = exclude.resolve() if exclude is not None else None
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        path
+        for path in candidates
+        if path.is_file() and is_image_file(path) and (excluded is None or excluded not in path.resolve().parents)
+    )
+
+
 def _scaled_to_8_bit(image: Image.Image, path: Path) -> Image.Image:
     values = np.asarray(image, dtype=np.int64)
     if values.min() < 0 or values.max() > _FULL_SCALE_16_BIT:
@@ -129,3 +144,53 @@ def copy_as_8_bit(path: Path, destination: Path) -> bool:
         return True
     shutil.copy2(path, destination)
     return False
+
+
+def _unreadable(path: str | Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError):
+        return True
+    return False
+
+
+class NamingUnreadableFiles:
+    """An anomalib dataset whose read errors name the file and the way out (PIL's say only "image file is truncated").
+
+    Everything but item access is the wrapped dataset's (length, samples, collate function, ...);
+    nothing is read ahead, so a large dataset costs nothing extra.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except (OSError, SyntaxError) as error:
+            sample = self.dataset.samples.iloc[index]
+            mask = sample.get("mask_path")
+            mask_failed = isinstance(mask, str) and mask and not _unreadable(sample.image_path) and _unreadable(mask)
+            path = mask if mask_failed else sample.image_path
+            msg = (
+                f"Cannot read {path}: {error}. The file is damaged or incomplete (an interrupted copy?): copy it "
+                f"again from its source, or remove it from the dataset folder, then run again."
+            )
+            raise OSError(msg) from error
+
+
+def name_unreadable_files(datamodule: Any) -> None:
+    """Wrap the datamodule's datasets so that a file that cannot be read is named in the error."""
+    for name in ("train_data", "val_data", "test_data"):
+        dataset = getattr(datamodule, name, None)
+        if dataset is not None and hasattr(dataset, "samples") and not isinstance(dataset, NamingUnreadableFiles):
+            setattr(datamodule, name, NamingUnreadableFiles(dataset))

@@ -28,7 +28,7 @@ from PIL.PngImagePlugin import PngInfo
 from torch.nn import functional as F  # noqa: N812
 from tqdm import tqdm
 
-from ..data.images import IMAGE_SUFFIXES, is_image_file, read_rgb
+from ..data.images import IMAGE_SUFFIXES, list_images, read_rgb
 from .precision import EXACT, openvino_config
 
 RESULTS_FILE = "predictions.csv"
@@ -55,17 +55,12 @@ class PredictionRun:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def list_images(folder: Path, exclude: Path | None = None) -> list[Path]:
+def input_images(folder: Path, exclude: Path | None = None) -> list[Path]:
     """Image files in ``folder`` and its sub-folders (not under ``exclude``), sorted; none is an error."""
     if not folder.is_dir():
         msg = f"{folder} is not a folder: pass --input a folder of images."
         raise FileNotFoundError(msg)
-    excluded = exclude.resolve() if exclude is not None else None
-    images = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file() and is_image_file(path) and (excluded is None or excluded not in path.resolve().parents)
-    )
+    images = list_images(folder, recursive=True, exclude=exclude)
     if not images:
         msg = f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its sub-folders."
         raise FileNotFoundError(msg)
@@ -168,7 +163,7 @@ def predict_folder(
     if not model_path.is_file():
         msg = f"Exported model not found: {model_path}"
         raise FileNotFoundError(msg)
-    images = list_images(folder, exclude=output)
+    images = input_images(folder, exclude=output)
     prepare_output(output, overwrite)
     inferencer = load_inferencer(model_path, precision)
     run = PredictionRun()

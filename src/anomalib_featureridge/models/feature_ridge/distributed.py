@@ -21,7 +21,6 @@ write into rank 0's folder and removes the empty ones the others made.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
+
+from anomalib_featureridge.components.run_folders import is_version_folder, point_latest
 
 from .ridge import RidgeMoments
 
@@ -72,10 +73,8 @@ def share_output_folder(trainer: Any) -> None:
             if latest.is_symlink() and not latest.exists():
                 latest.unlink()
     dist.barrier()
-    latest = main.parent / "latest"
-    if dist.get_rank() == 0 and re.fullmatch(r"v\d+", main.name) and not latest.exists():
-        latest.unlink(missing_ok=True)
-        latest.symlink_to(main, target_is_directory=True)
+    if dist.get_rank() == 0 and is_version_folder(main) and not (main.parent / "latest").exists():
+        point_latest(main)
     dist.barrier()
 
 

@@ -28,7 +28,7 @@ import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule, MemoryBankMixin
+from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
@@ -54,8 +54,11 @@ TRAINED_WITH_KEY = "feature_ridge_trained_with"
 SCORING_SETTINGS = ("backbone", "layers", "head", "rank", "alpha", "sigma", "keep_statistics")
 
 
-class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, AnomalibModule):
+class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
+
+    Whether it is fitted is the torch model's ``fitted`` buffer alone (it travels with exports);
+    anomalib's ``MemoryBankMixin`` would keep a second flag that has to be kept in step with it.
 
     Args:
         backbone: Any timm CNN. The default matches anomalib's Patchcore so that both compare
@@ -216,10 +219,19 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
                 "FeatureRidge is already fitted on %d feature vectors: the new training images are added to them.",
                 int(self.model.statistics.count),
             )
-            self._is_fitted = torch.tensor([False], device=self.device)
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        # Checkpoints written while this class used MemoryBankMixin hold its flag; ``model.fitted`` says the same.
+        state_dict.pop(prefix + "_is_fitted", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_train_epoch_start(self) -> None:
         """A fit starts clean: rows left pending by an interrupted or failed fit are dropped, never counted twice."""
+        if self.current_epoch > 0:
+            logger.warning(
+                "FeatureRidge fits in one epoch: the images of epoch %d were counted already and are not added again.",
+                self.current_epoch + 1,
+            )
         if self.model.discard_pending():
             logger.warning("Dropped the statistics of an unfinished fit: this fit starts from the last completed one.")
         self._seen = 0
@@ -237,10 +249,10 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         return batch.update(**{name: value[:size] for name, value in values.items() if value is not None})
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
-        """Accumulate the batch's features into the pending Ridge statistics (each training image once)."""
+        """Accumulate the batch's features into the pending Ridge statistics (each training image once, in epoch 1)."""
         del args, kwargs
         keep = self._unpadded_size(batch, self.trainer.train_dataloader)
-        if keep:
+        if keep and self.current_epoch == 0:
             self.model.accumulate(batch.image[:keep])
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
@@ -272,11 +284,25 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, MemoryBankMixin, Anom
         """Score a test batch like a validation batch (each image once across processes)."""
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
+    def _solve_due(self) -> bool:
+        """The map is due when it was never solved, or when rows of this fit wait to be committed."""
+        return not bool(self.model.fitted) or not self.model.pending.is_empty
+
+    def on_validation_start(self) -> None:
+        """Score with this fit's map: Lightning validates before the training epoch's end hook runs."""
+        if self._solve_due():
+            self.fit()
+
+    def on_train_epoch_end(self) -> None:
+        """Solve the map from the epoch's rows (unless the validation that ran first has)."""
+        if self._solve_due():
+            self.fit()
+
     def fit(self) -> None:
         """Solve the Ridge map once the training epoch has been seen, from every process's rows.
 
-        Called by the hooks that end a training epoch. Outside a fit (a ``validate`` after an
-        interrupted fit) the rows of the unfinished fit are dropped, not committed.
+        Called when the training epoch ends. Outside a fit (a ``validate`` after an interrupted
+        fit) the rows of the unfinished fit are dropped, not committed.
         """
         if self._trainer is None or self._trainer.state.fn != TrainerFn.FITTING:
             self.model.discard_pending()

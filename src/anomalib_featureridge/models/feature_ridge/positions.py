@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .ridge import ridge_cholesky
 from .sums import FloatSums
 
 
@@ -55,7 +56,7 @@ class PositionStatistics(FloatSums):
         if shallow.shape[-2:] != deep.shape[-2:]:
             msg = f"The deep map must be on the shallow grid, got {tuple(deep.shape)} for {tuple(shallow.shape)}."
             raise ValueError(msg)
-        if self.sum_x.numel() == 0:
+        if not self.is_sized:
             self._allocate(shallow.shape[1:], deep.shape[1])
         if shallow.shape[1:] != self.sum_x.shape or deep.shape[1:] != self.sum_y.shape:
             msg = (
@@ -79,7 +80,7 @@ class PositionStatistics(FloatSums):
         """Add another set of statistics (for example from another worker) to this one."""
         if other.is_empty:
             return
-        if self.sum_x.numel() == 0:
+        if not self.is_sized:
             self._allocate(other.sum_x.shape, other.sum_y.shape[0])
         if other.sum_x.shape != self.sum_x.shape or other.sum_y.shape != self.sum_y.shape:
             msg = f"Cannot merge statistics of maps {tuple(other.sum_x.shape)} into {tuple(self.sum_x.shape)}."
@@ -129,9 +130,7 @@ def solve_gaussian_head(
     per-position ``bias`` ``(C_y, h, w)``, the per-position shallow mean ``mean_x`` ``(C_x, h, w)``
     and the whitening matrices ``residual_whitening`` ``(C_y, C_y)`` and ``x_whitening`` ``(C_x, C_x)``.
     """
-    if positions.is_empty:
-        msg = "No training features were accumulated: the training set is empty."
-        raise ValueError(msg)
+    positions.require_data()
     images = positions.count
     channels, height, width = positions.sum_x.shape
     grid = height * width
@@ -147,12 +146,7 @@ def solve_gaussian_head(
     gram = xtx - images * neighbourhood_mean @ neighbourhood_mean.T
     cross = xty - images * neighbourhood_mean @ mean_y.T
     yy = positions.yy - images * mean_y @ mean_y.T
-    system = gram + alpha * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) != 0:
-        msg = "The Ridge system is not positive definite (the features are numerically degenerate). Increase alpha."
-        raise ValueError(msg)
-    weight = torch.cholesky_solve(cross, factor)
+    weight = torch.cholesky_solve(cross, ridge_cholesky(gram, alpha))
     # The training residuals' scatter, from the same sums: (Y - X W)^T (Y - X W).
     residual = yy - weight.T @ cross - cross.T @ weight + weight.T @ gram @ weight
     flat_mean_x = mean_x.reshape(channels, grid)

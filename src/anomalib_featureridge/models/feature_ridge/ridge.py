@@ -36,6 +36,16 @@ def check_rank(rank: int, out_features: int, targets: str = "targets", hint: str
     return rank
 
 
+def ridge_cholesky(gram: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The Cholesky factor of ``gram + alpha I``: the one place the penalty is checked and added."""
+    system = gram + check_alpha(alpha) * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) != 0:
+        msg = "The Ridge system is not positive definite (the features are numerically degenerate). Increase alpha."
+        raise ValueError(msg)
+    return factor
+
+
 class RidgeMoments(NamedTuple):
     """Sums over rows that add across batches, processes and machines: the content of :class:`RidgeStatistics`."""
 
@@ -90,7 +100,7 @@ class RidgeStatistics(FloatSums):
                 "(corrupt files, NaN pixels) and the backbone weights."
             )
             raise ValueError(msg)
-        if self.xtx.numel() == 0:
+        if not self.is_sized:
             self._allocate(inputs.shape[1], targets.shape[1], self.count.device)
         if inputs.shape[1] != self.sum_x.shape[0] or targets.shape[1] != self.sum_y.shape[0]:
             msg = (
@@ -116,7 +126,7 @@ class RidgeStatistics(FloatSums):
         """Add sums accumulated elsewhere (another batch layout, process or machine) to these statistics."""
         if float(moments.count) == 0.0:
             return
-        if self.xtx.numel() == 0:
+        if not self.is_sized:
             self._allocate(moments.sum_x.shape[0], moments.sum_y.shape[0], self.count.device)
         if moments.xty.shape != self.xty.shape:
             msg = (
@@ -142,20 +152,12 @@ class RidgeStatistics(FloatSums):
 
     def _centred_solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Solve ``(X_c^T X_c + alpha I) W = X_c^T Y_c``; return ``W``, ``X_c^T Y_c`` and the two means."""
-        alpha = check_alpha(alpha)
-        if self.is_empty:
-            msg = "No training features were accumulated: the training set is empty."
-            raise ValueError(msg)
+        self.require_data()
         mean_x = self.sum_x / self.count
         mean_y = self.sum_y / self.count
         gram = self.xtx - self.count * torch.outer(mean_x, mean_x)
         cross = self.xty - self.count * torch.outer(mean_x, mean_y)
-        gram.diagonal().add_(alpha)
-        factor, info = torch.linalg.cholesky_ex(gram)
-        if int(info) != 0:
-            msg = "The Ridge system is not positive definite (the features are numerically degenerate). Increase alpha."
-            raise ValueError(msg)
-        return torch.cholesky_solve(cross, factor), cross, mean_x, mean_y
+        return torch.cholesky_solve(cross, ridge_cholesky(gram, alpha)), cross, mean_x, mean_y
 
     @torch.no_grad()
     def solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:

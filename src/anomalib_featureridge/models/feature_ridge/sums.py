@@ -35,9 +35,20 @@ class FloatSums(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
+    def is_sized(self) -> bool:
+        """True once the sums have their data-given shapes (after the first batch or a checkpoint)."""
+        return getattr(self, self.SUMS[0]).numel() > 0
+
+    @property
     def is_empty(self) -> bool:
         """True when nothing has been accumulated (or the statistics were dropped)."""
-        return getattr(self, self.SUMS[0]).numel() == 0 or float(self.count) == 0.0
+        return not self.is_sized or float(self.count) == 0.0
+
+    def require_data(self) -> None:
+        """Refuse to solve from no rows: the training set was empty."""
+        if self.is_empty:
+            msg = "No training features were accumulated: the training set is empty."
+            raise ValueError(msg)
 
     def clear(self) -> None:
         """Drop the statistics (they can be large), keeping the device."""

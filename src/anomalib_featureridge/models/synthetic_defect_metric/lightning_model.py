@@ -260,10 +260,6 @@ class SyntheticDefectMetric(ScoringModelMixin, PreparedExportMixin, AnomalibModu
         self.bank_is_stale = True
         return loss
 
-    def fit(self) -> None:
-        """Store the good embeddings before scoring (the step anomalib's memory-bank models call ``fit``)."""
-        self.store_good_embeddings()
-
     @torch.no_grad()
     def store_good_embeddings(self) -> None:
         """Embed the training images with the current network: the good embeddings the scores compare to."""
@@ -276,8 +272,12 @@ class SyntheticDefectMetric(ScoringModelMixin, PreparedExportMixin, AnomalibModu
         self.bank_is_stale = False
 
     def _refresh_bank(self) -> None:
-        if self.bank_is_stale or self.model.bank.is_empty:
-            self.fit()
+        """The one rule for the good embeddings: re-embed when training has moved the network since they were stored.
+
+        A model that was never trained has none; its forward says so (train it first).
+        """
+        if self.bank_is_stale:
+            self.store_good_embeddings()
 
     def on_validation_start(self) -> None:
         """Scores need the good embeddings of the network as trained so far."""
@@ -285,24 +285,22 @@ class SyntheticDefectMetric(ScoringModelMixin, PreparedExportMixin, AnomalibModu
 
     def on_test_start(self) -> None:
         """As for validation, when the model was trained without a validation pass."""
-        if self.bank_is_stale:
-            self.fit()
+        self._refresh_bank()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint always holds the embeddings of the network it saves (re-embedded if training moved it)."""
         if self.bank_is_stale:
-            self.store_good_embeddings()
+            self._refresh_bank()
             checkpoint["state_dict"] = self.state_dict()
         super().on_save_checkpoint(checkpoint)
 
     @contextmanager
     def export_context(self) -> Iterator[None]:
         """Exports need the good embeddings; the training-only parts of the head are not in the graph."""
+        self._refresh_bank()
         if self.model.bank.is_empty:
             msg = "Cannot export SyntheticDefectMetric before it is trained: train it, or export a trained checkpoint."
             raise RuntimeError(msg)
-        if self.bank_is_stale:
-            self.store_good_embeddings()
         yield
 
     @property
