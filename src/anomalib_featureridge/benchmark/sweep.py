@@ -21,6 +21,7 @@ from anomalib_featureridge.benchmark.harness import RowFailedError, describe, re
 from anomalib_featureridge.benchmark.measurement import FIELDS, measure
 from anomalib_featureridge.benchmark.options import complete
 from anomalib_featureridge.benchmark.report import write_report
+from anomalib_featureridge.models.feature_ridge.ridge import check_rank
 
 # What identifies a row for resuming.
 KEY = ("mode", "model", "category", "n_train", "backbone", "settings")
@@ -96,8 +97,11 @@ def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
     """Measure every planned row not already in the CSV, appending each as soon as it is done."""
     floor = floor_backbone(setup)  # weights that do not fit the backbone stop the run before any fit
     deep_channels = floor.feature_info.channels()[-1]
-    if setup.ridge_rank is not None and not 0 < setup.ridge_rank < deep_channels:
-        sys.exit(f"--feature-ridge-rank must be between 1 and {deep_channels - 1} for {setup.layers[-1]!r}")
+    if setup.ridge_rank is not None:
+        try:
+            check_rank(setup.ridge_rank, deep_channels)
+        except ValueError:
+            sys.exit(f"--feature-ridge-rank must be between 1 and {deep_channels - 1} for {setup.layers[-1]!r}")
     done = {row_key(row) for row in read_rows(csv_path) if not row["error"]}
     runs = [(mode, category, n, name) for mode, category, n in plan(args) for name in args.models]
     with row_appender(csv_path, FIELDS) as append:

@@ -69,8 +69,8 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         alpha: Ridge penalty (paper: 1.0).
         sigma: Gaussian smoothing of the anomaly map in pixels (0 = off).
         rank: Rank of the Ridge map; ``None`` (the paper) fits the full map. A rank below the deep
-            layer's channel count makes scoring cheaper: with wide_resnet50_2, rank 128 runs at
-            1.06x the backbone's time instead of 1.41x (docs/benchmarks.md).
+            layer's channel count makes scoring cheaper (the best map of that rank, as two
+            convolutions; measured in docs/benchmarks.md).
         head: ``"paper"`` (default): the paper's log squared error, for images of any size.
             ``"gaussian"`` (opt-in, ``--model.head gaussian``): the regression centred per position,
             its residual scored by the Mahalanobis norm plus how typical the shallow features are;
