@@ -37,6 +37,23 @@ def small_model(**kwargs: object) -> FeatureRidgeModel:
     return FeatureRidgeModel(**options).eval()
 
 
+def anomalib_train_command(root: Path, output: Path, *extra: str) -> list[str]:
+    """``anomalib train`` of a random-initialised resnet18 FeatureRidge on the generated dataset, on CPU."""
+    return [
+        "anomalib", "train",
+        "--model", "FeatureRidge",
+        "--model.backbone", "resnet18",
+        "--model.pre_trained", "false",
+        "--data", "MVTecAD",
+        "--data.root", str(root),
+        "--data.category", "synthetic",
+        "--data.num_workers", "0",
+        "--default_root_dir", str(output),
+        "--trainer.accelerator", "cpu",
+        *extra,
+    ]  # fmt: skip
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, skipping the test with the reason when it is not there."""
     path = SHARED.joinpath(*parts)

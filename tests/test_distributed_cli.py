@@ -10,27 +10,18 @@ import subprocess
 from pathlib import Path
 
 import torch
+from conftest import anomalib_train_command
 
 from anomalib_featureridge import FeatureRidge
 
 
 def test_anomalib_train_on_two_processes_writes_one_complete_run(synthetic_root: Path, tmp_path: Path) -> None:
-    command = [
-        "anomalib", "train",
-        "--model", "FeatureRidge",
-        "--model.backbone", "resnet18",
-        "--model.pre_trained", "false",
-        "--data", "MVTecAD",
-        "--data.root", str(synthetic_root),
-        "--data.category", "synthetic",
-        "--data.num_workers", "0",
-        "--data.train_batch_size", "4",
-        "--data.eval_batch_size", "4",
-        "--default_root_dir", str(tmp_path),
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", "2",
-        "--trainer.strategy", "ddp",
-    ]  # fmt: skip
+    command = anomalib_train_command(
+        synthetic_root,
+        tmp_path,
+        *("--data.train_batch_size", "4", "--data.eval_batch_size", "4"),
+        *("--trainer.devices", "2", "--trainer.strategy", "ddp"),
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
