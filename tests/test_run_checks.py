@@ -102,3 +102,17 @@ def test_every_model_carries_the_run_checks_after_its_post_processor() -> None:
     assert any(isinstance(callback, IncompleteRunMarker) for callback in callbacks)
     check = next(index for index, callback in enumerate(callbacks) if isinstance(callback, ThresholdCheck))
     assert callbacks.index(model.post_processor) < check, "the threshold must be learnt before it is checked"
+
+
+def test_the_dataset_wrapper_passes_attribute_writes_through(synthetic_root: Path) -> None:
+    """anomalib sets the datasets' augmentations after setup; a wrapper that kept them would resize twice."""
+    from anomalib.data.datasets import MVTecADDataset
+
+    from anomalib_featureridge.data.images import NamingUnreadableFiles
+
+    dataset = MVTecADDataset(root=synthetic_root, category="synthetic", split="test")
+    wrapped = NamingUnreadableFiles(dataset)
+    marker = object()
+    wrapped.augmentations = marker
+    assert dataset.augmentations is marker
+    assert wrapped.augmentations is marker

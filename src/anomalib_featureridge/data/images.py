@@ -158,17 +158,22 @@ def _unreadable(path: str | Path) -> bool:
 class NamingUnreadableFiles:
     """An anomalib dataset whose read errors name the file and the way out (PIL's say only "image file is truncated").
 
-    Everything but item access is the wrapped dataset's (length, samples, collate function, ...);
-    nothing is read ahead, so a large dataset costs nothing extra.
+    Everything but item access is the wrapped dataset's (length, samples, collate function, ...),
+    read and written: anomalib sets ``augmentations`` on the datamodule's datasets after setup, and
+    that must reach the dataset that applies them. Nothing is read ahead, so a large dataset costs
+    nothing extra.
     """
 
     def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
+        object.__setattr__(self, "dataset", dataset)
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":  # not set yet (unpickling in a loader worker)
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.dataset, name, value)
 
     def __len__(self) -> int:
         return len(self.dataset)
