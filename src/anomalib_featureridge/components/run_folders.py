@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -33,6 +34,16 @@ def point_latest(version_dir: Path) -> None:
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(version_dir, target_is_directory=True)
     os.replace(temporary, latest)
+
+
+def discard_if_empty(run_dir: Path) -> None:
+    """Remove a run folder that holds no file (only empty sub-folders), and a ``latest`` link left dangling by it."""
+    if not run_dir.is_dir() or any(path.is_file() for path in run_dir.rglob("*")):
+        return
+    shutil.rmtree(run_dir)
+    latest = run_dir.parent / "latest"
+    if latest.is_symlink() and not latest.exists():
+        latest.unlink()
 
 
 def _complete_versions_before(version_dir: Path) -> list[Path]:

@@ -21,7 +21,6 @@ write into rank 0's folder and removes the empty ones the others made.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from anomalib_featureridge.components.run_folders import is_version_folder, point_latest
+from anomalib_featureridge.components.run_folders import discard_if_empty, is_version_folder, point_latest
 
 from .ridge import RidgeMoments
 
@@ -67,11 +66,7 @@ def share_output_folder(trainer: Any) -> None:
             dirpath = getattr(callback, "dirpath", None)
             if isinstance(dirpath, str | Path) and Path(dirpath).is_relative_to(own):
                 callback.dirpath = str(main / Path(dirpath).relative_to(own))
-        if own.is_dir() and not any(path.is_file() for path in own.rglob("*")):
-            shutil.rmtree(own)
-            latest = own.parent / "latest"
-            if latest.is_symlink() and not latest.exists():
-                latest.unlink()
+        discard_if_empty(own)
     dist.barrier()
     if dist.get_rank() == 0 and is_version_folder(main) and not (main.parent / "latest").exists():
         point_latest(main)
