@@ -96,6 +96,19 @@ def test_a_featureridge_checkpoint_given_to_winclipplus_is_named(checkpoint, tin
         winclip.on_load_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False))
 
 
+def test_a_featureridge_checkpoint_given_to_synthetic_defect_metric_is_named(checkpoint) -> None:
+    """Every model records its class and refuses another's checkpoint (one rule, in the shared scoring module)."""
+    from anomalib_featureridge import SyntheticDefectMetric
+
+    metric = SyntheticDefectMetric(backbone="resnet18", layer="layer3", pre_trained=False)
+    with pytest.raises(ValueError, match="saved by FeatureRidge, not by SyntheticDefectMetric"):
+        metric.on_load_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False))
+    saved = {"hyper_parameters": dict(metric.hparams), "state_dict": {}}
+    metric.on_save_checkpoint(saved)
+    with pytest.raises(ValueError, match="saved by SyntheticDefectMetric, not by FeatureRidge"):
+        FeatureRidge(backbone="resnet18", pre_trained=False).on_load_checkpoint(saved)
+
+
 def test_anomalib_test_with_only_the_checkpoint_works_offline(checkpoint, dataset_root, tmp_path) -> None:
     command = [
         "anomalib", "test",

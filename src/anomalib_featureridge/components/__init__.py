@@ -6,5 +6,6 @@
 - ``evaluator``: the metrics every model is tested with.
 - ``export``: the one export path (torch, ONNX, OpenVINO).
 - ``scoring_module``: what the AnomalibModules share (no optimiser, evaluator, validation step, run checks).
+- ``checkpoints``: which model wrote a checkpoint; scoring settings taken from it.
 - ``run_folders``: anomalib's ``vN``/``latest`` run folders: interrupted fits marked, ``latest`` re-pointed.
 """

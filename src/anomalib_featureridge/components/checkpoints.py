@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from anomalib.models.components import AnomalibModule
+if TYPE_CHECKING:
+    from anomalib.models.components import AnomalibModule
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ def _writer(checkpoint: dict[str, Any]) -> str | None:
     if recorded:
         return str(recorded)
     settings = set(checkpoint.get("hyper_parameters", {}))
+    # Imported here: importing anomalib.models loads this package's models, which import this module.
+    from anomalib.models.components import AnomalibModule
+
     matches = [cls.__name__ for cls in AnomalibModule.__subclasses__() if settings <= _init_parameters(cls)]
     return matches[0] if len(matches) == 1 else None
 

@@ -19,6 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from ..data.images import name_unreadable_files, refuse_high_bit_depth
+from .checkpoints import record_model_class, refuse_other_models_checkpoint
 from .evaluator import segmentation_evaluator
 from .run_folders import IncompleteRunMarker
 
@@ -84,6 +85,31 @@ class ScoringModelMixin:
         refuse_high_bit_depth(getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
         name_unreadable_files(datamodule)
         super().setup(stage)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which model class wrote the checkpoint, so that another model refuses it by name."""
+        super().on_save_checkpoint(checkpoint)
+        record_model_class(checkpoint, self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse another model's checkpoint, let the model adopt its settings, then resize the data as restored.
+
+        anomalib copies the model's resize into the datasets at setup, which Lightning runs before it
+        loads the checkpoint: a command-line model whose pre-processor the checkpoint changes would
+        otherwise resize every image twice. Re-deriving the datasets' transforms is idempotent.
+        """
+        path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
+        refuse_other_models_checkpoint(checkpoint, self, path)
+        self.adopt_checkpoint_settings(checkpoint, path)
+        super().on_load_checkpoint(checkpoint)
+        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        update = getattr(datamodule, "_update_augmentations", None)
+        if update is not None:
+            update()
+
+    def adopt_checkpoint_settings(self, checkpoint: dict[str, Any], path: object) -> None:
+        """Take the checkpoint's scoring settings before its tensors are copied; nothing to adopt by default."""
+        del checkpoint, path
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
         """The components' callbacks, then the run checks (after the post-processor, which sets the threshold)."""

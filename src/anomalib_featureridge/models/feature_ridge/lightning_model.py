@@ -35,11 +35,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
+from anomalib_featureridge.components.checkpoints import settings_from_checkpoint
 from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.components.feature_extractor import defer_pretrained_weights, materialise_pretrained_weights
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
-from ..checkpoints import record_model_class, refuse_other_models_checkpoint, settings_from_checkpoint
 from . import distributed
 from .positions import PositionStatistics
 from .ridge import RidgeStatistics
@@ -133,7 +133,6 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """Record the scoring settings and the model class beside the hyper-parameters."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[TRAINED_WITH_KEY] = self._scoring_settings()
-        record_model_class(checkpoint, self)
 
     def _scoring_settings(self) -> dict[str, Any]:
         """What the fitted tensors and the scores depend on (plus keep_statistics, which fixes the state's shape)."""
@@ -163,16 +162,13 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         trained["alpha"], trained["sigma"] = float(trained["alpha"]), float(trained["sigma"])
         return trained
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Score with the checkpoint's settings, before tensors are copied (models/checkpoints.py has the rule)."""
-        path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
-        refuse_other_models_checkpoint(checkpoint, self, path)
+    def adopt_checkpoint_settings(self, checkpoint: dict[str, Any], path: object) -> None:
+        """Score with the checkpoint's settings, before tensors are copied (components/checkpoints.py has the rule)."""
         trained = self._trained_settings(checkpoint)
         if settings_from_checkpoint(self._scoring_settings(), trained, _DEFAULTS, path):
             device = self.model.fitted.device
             self.model = FeatureRidgeModel(**trained, pre_trained=False, backbone_weights=None).to(device)
             self.hparams.update({**trained, "pre_trained": False, "backbone_weights": None})
-        super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
         """Refuse an empty training set before Lightning fails on it with a sampler error."""

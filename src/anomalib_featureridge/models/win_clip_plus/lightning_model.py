@@ -32,12 +32,12 @@ from anomalib.visualization import Visualizer
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
+from anomalib_featureridge.components.checkpoints import settings_from_checkpoint
 from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from ...components.weights import state_fingerprint
 from ...data.images import refuse_high_bit_depth
-from ..checkpoints import record_model_class, refuse_other_models_checkpoint, settings_from_checkpoint
 from .clip_loader import ClipWeightsError, create_clip
 from .torch_model import BACKBONE, PRETRAINED, TEMPERATURE, WinClipPlusModel
 
@@ -165,7 +165,6 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """
         super().on_save_checkpoint(checkpoint)
         checkpoint[MADE_WITH_KEY] = self._scoring_settings()
-        record_model_class(checkpoint, self)
         if self.model.weights_source is not None:
             state = checkpoint["state_dict"]
             visual = {key: state.pop(key) for key in [key for key in state if key.startswith(VISUAL_PREFIX)]}
@@ -175,13 +174,11 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
                 "sha256": state_fingerprint(visual),
             }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse another model's checkpoint; take the checkpoint's scoring settings (models/checkpoints.py rule).
+    def adopt_checkpoint_settings(self, checkpoint: dict[str, Any], path: object) -> None:
+        """Take the checkpoint's scoring settings (components/checkpoints.py rule) and its CLIP weights.
 
         A checkpoint without recorded settings (older) has them in its hyper-parameters.
         """
-        path = getattr(getattr(self, "_trainer", None), "ckpt_path", None)
-        refuse_other_models_checkpoint(checkpoint, self, path)
         saved = checkpoint.get(MADE_WITH_KEY) or {
             key: checkpoint.get("hyper_parameters", {}).get(key, _DEFAULTS[key]) for key in SCORING_SETTINGS
         }
@@ -197,9 +194,6 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         self.model.class_name = saved["class_name"]  # the word of the anchors about to be loaded
         if CLIP_WEIGHTS_KEY in checkpoint:
             self._restore_clip_weights(checkpoint, path)
-        super().on_load_checkpoint(checkpoint)
-        if "backbone" in adopted:
-            self._resize_data_as_restored()
 
     def _restore_clip_weights(self, checkpoint: dict[str, Any], path: object) -> None:
         """Put the CLIP weights the checkpoint names back into its state, refusing any other weights.
@@ -225,17 +219,6 @@ class WinClipPlus(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             raise ClipWeightsError(msg)
         checkpoint["state_dict"].update(visual)
         self.model.weights_source = source
-
-    def _resize_data_as_restored(self) -> None:
-        """Give the datamodule the restored pre-processor's input size.
-
-        anomalib copies the model's resize into the datasets at setup, which Lightning runs before it loads
-        the checkpoint: a command-line model with another backbone would otherwise resize every image twice.
-        """
-        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
-        update = getattr(datamodule, "_update_augmentations", None)
-        if update is not None:
-            update()
 
     def on_validation_start(self) -> None:
         """Build the anchors and references before the first score, unless a loaded checkpoint brought them."""
