@@ -81,3 +81,49 @@ def test_feature_size_change_is_refused() -> None:
     pending.add(*_maps(1, 4, 4))
     with pytest.raises(ValueError, match="do not match"):
         pending.add(torch.rand(1, 6, 4, 4), torch.rand(1, 4, 2, 2))
+
+
+def test_float32_products_stay_near_the_float64_map_and_keep_float64_sums() -> None:
+    shallow, deep = _maps(4, 8, 8, seed=3)
+    exact, fast = NeighbourhoodMoments(), NeighbourhoodMoments(torch.float32)
+    for pending in (exact, fast):
+        pending.add(shallow[:2], deep[:2])
+        pending.add(shallow[2:], deep[2:])
+    exact_moments, fast_moments = exact.moments(), fast.moments()
+    assert all(value.dtype == torch.float64 for value in fast_moments)
+    # The sums fix the centring and are taken in float64 in both modes.
+    torch.testing.assert_close(fast_moments.sum_x, exact_moments.sum_x, rtol=0, atol=0)
+    torch.testing.assert_close(fast_moments.sum_y, exact_moments.sum_y, rtol=0, atol=0)
+    # The products carry float32 rounding: far from float64's 1e-12, far below anything a score could show.
+    gram_error = (fast_moments.xtx - exact_moments.xtx).abs().max() / exact_moments.xtx.abs().max()
+    assert 0 < gram_error < 1e-6
+    exact_map, _ = RidgeStatistics().combined_with(exact_moments).solve(1.0)
+    fast_map, _ = RidgeStatistics().combined_with(fast_moments).solve(1.0)
+    assert (fast_map - exact_map).abs().max() / exact_map.abs().max() < 1e-4
+    assert len(fast.distinct) == len(exact.distinct)
+
+
+def test_float32_products_ignore_a_tf32_setting_and_restore_it() -> None:
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        seen = []
+        real_matmul = torch.Tensor.__matmul__
+
+        def spy(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_float32_matmul_precision())
+            return real_matmul(left, right)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.Tensor, "__matmul__", spy)
+            NeighbourhoodMoments(torch.float32).add(*_maps(1, 4, 4))
+        assert seen
+        assert set(seen) == {"highest"}
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_other_product_dtypes_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"float64 or torch\.float32"):
+        NeighbourhoodMoments(torch.bfloat16)

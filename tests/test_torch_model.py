@@ -105,6 +105,21 @@ def test_update_equals_full_refit() -> None:
     torch.testing.assert_close(incremental.bias, full.bias, rtol=1e-6, atol=1e-6)
 
 
+def test_float32_fit_scores_like_the_float64_fit_and_updates_in_float32() -> None:
+    first, second = _normal_images(6, seed=1), _normal_images(5, seed=2)
+    exact, fast = small_model(), small_model(fit_precision="float32")
+    for model in (exact, fast):
+        model.update(first)
+        model.update(second)
+    assert fast.statistics.xtx.dtype == torch.float64
+    assert not torch.equal(fast.weight, exact.weight)
+    # 704 rows for 1,152 inputs: alpha fixes much of this map, which magnifies float32 rounding.
+    torch.testing.assert_close(fast.weight, exact.weight, rtol=0, atol=1e-3 * float(exact.weight.abs().max()))
+    test = _normal_images(3, seed=4)
+    exact.eval(), fast.eval()
+    torch.testing.assert_close(fast(test).anomaly_map, exact(test).anomaly_map, rtol=1e-4, atol=1e-4)
+
+
 def test_update_takes_images_of_different_sizes() -> None:
     images = [_normal_images(1, size=64)[0], _normal_images(1, size=96, seed=5)[0]]
     model = small_model()
@@ -172,6 +187,7 @@ def test_backbone_stays_in_eval_mode_while_training() -> None:
         ({"sigma": float("inf")}, "sigma must be >= 0 and finite"),
         ({"layers": ("layer2", "layer2")}, "two different layers.*'layer2' twice"),
         ({"rank": 2.5}, r"rank must be between 1 and 255.*got 2.5"),
+        ({"fit_precision": "bfloat16"}, r"fit_precision must be one of \('float64', 'float32'\), got 'bfloat16'"),
     ],
 )
 def test_bad_settings_are_refused(options: dict, message: str) -> None:

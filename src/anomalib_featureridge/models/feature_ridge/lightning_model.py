@@ -79,6 +79,9 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.
+        fit_precision: ``"float64"`` (default, exact) or ``"float32"``: the dtype of each batch's
+            products in the fit, always summed in float64. float32 fits faster, most on GPUs with slow
+            float64, and changes the map by float32 rounding (measured in docs/method.md).
         pre_processor, post_processor, evaluator, visualizer: As in every anomalib model.
     """
 
@@ -93,6 +96,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         rank: int | None = None,
         keep_statistics: bool = True,
         head: str = "paper",
+        fit_precision: str = "float64",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -116,6 +120,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             rank=rank,
             keep_statistics=keep_statistics,
             head=head,
+            fit_precision=fit_precision,
         )
         # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
         self._seen = 0
@@ -167,7 +172,9 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         trained = self._trained_settings(checkpoint)
         if settings_from_checkpoint(self._scoring_settings(), trained, _DEFAULTS, path):
             device = self.model.fitted.device
-            self.model = FeatureRidgeModel(**trained, pre_trained=False, backbone_weights=None).to(device)
+            self.model = FeatureRidgeModel(
+                **trained, fit_precision=self.model.fit_precision, pre_trained=False, backbone_weights=None
+            ).to(device)
             self.hparams.update({**trained, "pre_trained": False, "backbone_weights": None})
 
     def setup(self, stage: str) -> None:
