@@ -378,3 +378,15 @@ def test_synthetic_defect_metric_gets_the_run_backbone_and_its_options():
     settings = construction.settings_of("SyntheticDefectMetric", setup)
     assert settings == "kinds=line loss=l2_softmax scorer=lof epochs=3 lr=0.001"
     assert construction.settings_of("FeatureRidge", setup) == "", "the options are SyntheticDefectMetric's only"
+
+
+def test_feature_ridge_gets_its_head_and_fit_precision_and_other_models_do_not():
+    options = ["--feature-ridge-head", "gaussian", "--feature-ridge-fit-precision", "float32"]
+    args = parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
+    setup = sweep.setup_from(args)
+    model = construction.build_model("FeatureRidge", setup, floor_channels=0)
+    assert model.model.head == "gaussian"
+    assert model.model.fit_precision == "float32"
+    assert construction.settings_of("FeatureRidge", setup) == "head=gaussian fit=float32"
+    assert construction.settings_of("Padim", setup) == ""
+    assert construction.settings_of("SyntheticDefectMetric", setup) == ""

@@ -40,8 +40,9 @@ class Setup:
     warmup: int
     repeats: int
     seed: int
-    # SyntheticDefectMetric's options as (keyword, value) pairs; None keeps the model's default.
-    metric_options: tuple[tuple[str, Any], ...] = ()
+    # Model-specific options (FeatureRidge's head and fit precision, SyntheticDefectMetric's) as
+    # (keyword, value) pairs, each passed to the models that take it; None keeps the model's default.
+    model_options: tuple[tuple[str, Any], ...] = ()
 
 
 def model_class(name: str) -> type[AnomalibModule]:
@@ -62,6 +63,8 @@ def model_class(name: str) -> type[AnomalibModule]:
 SETTING_LABELS = {
     "coreset_sampling_ratio": "coreset",
     "rank": "rank",
+    "head": "head",
+    "fit_precision": "fit",
     "defect_kinds": "kinds",
     "loss": "loss",
     "scorer": "scorer",
@@ -73,7 +76,7 @@ SETTING_LABELS = {
 def model_settings(cls: type[AnomalibModule], setup: Setup) -> dict[str, Any]:
     """The run's model-specific options that ``cls`` accepts: passed to it, and recorded in its rows."""
     accepted = inspect.signature(cls.__init__).parameters
-    values = {"coreset_sampling_ratio": setup.coreset_ratio, "rank": setup.ridge_rank, **dict(setup.metric_options)}
+    values = {"coreset_sampling_ratio": setup.coreset_ratio, "rank": setup.ridge_rank, **dict(setup.model_options)}
     return {key: value for key, value in values.items() if key in accepted and value is not None}
 
 

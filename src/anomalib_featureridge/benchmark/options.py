@@ -44,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feature-ridge-rank", type=int, default=None, help="low-rank FeatureRidge head (default: full rank)"
     )
+    parser.add_argument(
+        "--feature-ridge-head", choices=["paper", "gaussian"], default=None, help="FeatureRidge head (its default)"
+    )
+    parser.add_argument(
+        "--feature-ridge-fit-precision",
+        choices=["float64", "float32"],
+        default=None,
+        help="dtype of FeatureRidge's fit products (its default: float64)",
+    )
     metric = parser.add_argument_group("SyntheticDefectMetric (each its model default when not given)")
     metric.add_argument("--defect-kinds", nargs="+", default=None, help="synthetic defect classes besides good")
     metric.add_argument("--metric-loss", default=None, help="softmax, l2_softmax, arcface or adacos")

@@ -77,7 +77,9 @@ def setup_from(args: argparse.Namespace) -> Setup:
         random_init=args.random_init,
         coreset_ratio=args.patchcore_coreset_ratio,
         ridge_rank=args.feature_ridge_rank,
-        metric_options=(
+        model_options=(
+            ("head", args.feature_ridge_head),
+            ("fit_precision", args.feature_ridge_fit_precision),
             ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
             ("loss", args.metric_loss),
             ("scorer", args.metric_scorer),
