@@ -100,7 +100,7 @@ def test_export_latency_times_every_runtime_of_every_model_and_checks_parity(few
     args = argparse.Namespace(
         root=few_images_root,
         category="synthetic",
-        models=["FeatureRidge"],  # one model: each export takes seconds (Patchcore's two, about a minute)
+        models=["FeatureRidge"],  # one model: every export traces the whole graph twice (ONNX, OpenVINO)
         backbone="resnet18",
         layers=["layer2", "layer3"],
         weights=random_resnet18,
