@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from anomalib_featureridge import cli
-from anomalib_featureridge.benchmark import construction, harness, measurement, sweep
+from anomalib_featureridge.benchmark import construction, harness, inference_scale, measurement, sweep
 from anomalib_featureridge.benchmark.report import markdown, write_report
 
 
@@ -220,7 +220,7 @@ def test_inference_at_scale_sizes_patchcore_banks_from_the_training_set(capsys):
         ["--backbone", "resnet18", "--image-size", "64", "--train-images", "2", "8", "--ranks", "32"]
     )
     args.batch, args.warmup, args.repeats = 2, 0, 1
-    timings = scale.measure(args)
+    timings = inference_scale.measure(args)
     # resnet18 layer2 has stride 8: 64 px gives 8 x 8 patches per image, 10 % of them kept per training image
     assert [(t.name, t.bank_rows) for t in timings] == [
         ("backbone", 0),
@@ -230,7 +230,7 @@ def test_inference_at_scale_sizes_patchcore_banks_from_the_training_set(capsys):
         ("Patchcore, 8 training images", 51),
     ]
     assert all(t.ms_per_image > 0 for t in timings)
-    table = scale.markdown(timings, args)
+    table = inference_scale.markdown(timings, args)
     assert "| Patchcore, 8 training images | 51 |" in table
     assert "| backbone |  |" in table
     assert "| FeatureRidge / this | FeatureRidge rank 32 / this |" in table

@@ -10,5 +10,15 @@ One module per reason to change, so that a new model, a new figure or a new outp
 - :mod:`.sweep`: the rows a command asks for, checked before any fit, measured and resumed;
 - :mod:`.report`: the Markdown tables and plots rebuilt from the CSV.
 
+The measurements behind the scripts in ``tools/`` (each script is its options and one call here),
+which reuse the harness and the construction above:
+
+- :mod:`.export_latency`: exported models in torch eager, ONNX Runtime and OpenVINO;
+- :mod:`.inference_scale`: FeatureRidge heads against Patchcore banks of full-size training sets;
+- :mod:`.winclip_speed`: WinClipPlus against anomalib's WinClip on the same weights;
+- :mod:`.fit_scale`: FeatureRidge's fit over training-set size, on one and several processes;
+- :mod:`.threshold_study`: thresholds chosen three ways, on real and on synthetic defects;
+- :mod:`.winclip_paper`: the WinCLIP paper's MVTec AD table reproduced.
+
 Nothing is imported here, so that importing the options does not import torch.
 """
