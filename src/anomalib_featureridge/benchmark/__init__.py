@@ -13,6 +13,7 @@ One module per reason to change, so that a new model, a new figure or a new outp
 The measurements behind the scripts in ``tools/`` (each script is its options and one call here),
 which reuse the harness and the construction above:
 
+- :mod:`.fit_cost`: FeatureRidge's fit against the backbone's forward pass, float64 and float32 products;
 - :mod:`.export_latency`: exported models in torch eager, ONNX Runtime and OpenVINO;
 - :mod:`.inference_scale`: FeatureRidge heads against Patchcore banks of full-size training sets;
 - :mod:`.winclip_speed`: WinClipPlus against anomalib's WinClip on the same weights;
