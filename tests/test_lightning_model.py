@@ -272,17 +272,21 @@ def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
 
 
-def test_gaussian_checkpoint_gives_its_head_to_a_default_model_and_refuses_another_value(
-    synthetic_root: Path, tmp_path: Path
+@pytest.mark.parametrize("head", ["gaussian", "local"])
+def test_per_position_checkpoint_gives_its_head_to_a_default_model_and_refuses_another_value(
+    head: str, synthetic_root: Path, tmp_path: Path
 ) -> None:
-    model, engine = _model(head="gaussian"), _engine(tmp_path)
+    model, engine = _model(head=head), _engine(tmp_path)
     engine.fit(model=model, datamodule=_datamodule(synthetic_root))
     path = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(path)
     restored = FeatureRidge.load_from_checkpoint(path).eval()  # head left at its default: the checkpoint's wins
-    assert restored.model.head == "gaussian"
-    images = torch.rand(1, 3, 256, 256)  # the pre-processor's size: the gaussian head keeps per-position means
+    assert restored.model.head == head
+    images = torch.rand(1, 3, 256, 256)  # the pre-processor's size: these heads keep per-position statistics
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
     checkpoint = torch.load(path, weights_only=False)
     with pytest.raises(ValueError, match=r"trained with .*alpha=1\.0.*configured with .*alpha=2\.0.*--model\.alpha"):
-        _model(head="gaussian", alpha=2.0).on_load_checkpoint(checkpoint)
+        _model(head=head, alpha=2.0).on_load_checkpoint(checkpoint)
+    if head == "local":
+        with pytest.raises(ValueError, match=r"trained with .*region=2.*configured with .*region=3.*--model\.region"):
+            _model(head=head, region=3).on_load_checkpoint(checkpoint)

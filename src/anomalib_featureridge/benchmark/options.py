@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--feature-ridge-rank", type=int, default=None, help="low-rank FeatureRidge head (default: full rank)"
     )
     parser.add_argument(
-        "--feature-ridge-head", choices=["paper", "gaussian"], default=None, help="FeatureRidge head (its default)"
+        "--feature-ridge-head",
+        choices=["paper", "gaussian", "local"],
+        default=None,
+        help="FeatureRidge head (its default)",
     )
     parser.add_argument(
         "--feature-ridge-fit-precision",

@@ -51,7 +51,7 @@ __all__ = ["FeatureRidge"]
 
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
-SCORING_SETTINGS = ("backbone", "layers", "head", "rank", "alpha", "sigma", "keep_statistics")
+SCORING_SETTINGS = ("backbone", "layers", "head", "region", "rank", "alpha", "sigma", "keep_statistics")
 
 
 class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
@@ -75,7 +75,10 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             ``"gaussian"`` (opt-in, ``--model.head gaussian``): the regression centred per position,
             its residual scored by the Mahalanobis norm plus how typical the shallow features are;
             it scores only images of the training size and fits on one device (docs/method.md).
-            A checkpoint from before this option has the paper's head.
+            ``"local"`` (opt-in, ``--model.head local``): a Gaussian of the shallow features per position
+            and a Ridge map from them to the deep ones per block of positions; the same limits as
+            ``"gaussian"`` (docs/method.md). A checkpoint from before this option has the paper's head.
+        region: Side, in feature positions, of the blocks that share one map in the ``local`` head.
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.
@@ -96,6 +99,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         rank: int | None = None,
         keep_statistics: bool = True,
         head: str = "paper",
+        region: int = 2,
         fit_precision: str = "float64",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -120,6 +124,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             rank=rank,
             keep_statistics=keep_statistics,
             head=head,
+            region=region,
             fit_precision=fit_precision,
         )
         # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
@@ -145,6 +150,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             "backbone": self.model.backbone,
             "layers": list(self.model.layers),
             "head": self.model.head,
+            "region": self.model.region,
             "rank": self.model.rank,
             "alpha": float(self.model.alpha),
             "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
@@ -157,7 +163,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         recorded = checkpoint.get(TRAINED_WITH_KEY, {})
         # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
         # the recorded ones lack predates its option: a full map (rank) and the paper's head.
-        before_option = {"rank": None, "head": "paper"}
+        before_option = {"rank": None, "head": "paper", "region": _DEFAULTS["region"]}
         saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
         trained = {
             key: recorded.get(key, before_option[key]) if key in before_option else saved.get(key, _DEFAULTS[key])

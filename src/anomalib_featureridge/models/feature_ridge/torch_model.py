@@ -34,6 +34,7 @@ from torch.nn import functional as F  # noqa: N812
 from anomalib_featureridge.components.feature_extractor import create_feature_extractor
 from anomalib_featureridge.components.filters import gaussian_blur_or_none
 
+from .local import LocalStatistics, local_scores, pack_lower, solve_local_head, unpack_lower
 from .neighbourhood import NeighbourhoodMoments
 from .positions import PositionStatistics, solve_gaussian_head
 from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank
@@ -43,11 +44,14 @@ Reduction = Callable[[RidgeMoments | None, set[float]], tuple[RidgeMoments | Non
 
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
-HEADS = ("gaussian", "paper")
+HEADS = ("gaussian", "local", "paper")
 # The dtype of each batch's products in a fit; the sums are float64 either way.
 FIT_PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
-# Buffers of the gaussian head sized by the feature grid, known only once data is seen.
-_GRID_BUFFERS = ("position_bias", "position_mean_x")
+# The local head's fitted tensors (buffers ``local_<name>``), as solve_local_head returns them but for the
+# two whitening factors, stored packed (lower triangles).
+LOCAL_TENSORS = ("mean_x", "mean_y", "x_whitening", "regression", "residual_whitening")
+# Buffers of the gaussian and local heads sized by the feature grid, known only once data is seen.
+_GRID_BUFFERS = ("position_bias", "position_mean_x", *(f"local_{name}" for name in LOCAL_TENSORS))
 
 
 def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
@@ -63,6 +67,22 @@ def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
 def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Bilinearly resize ``features`` to ``reference``'s spatial grid."""
     return F.interpolate(features, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _check_head_settings(head: str, rank: int | None, region: int, fit_precision: str) -> None:
+    """Refuse a head, rank, region or fit precision the model does not have, naming the valid ones."""
+    if head not in HEADS:
+        msg = f"head must be one of {HEADS}, got {head!r}."
+        raise ValueError(msg)
+    if fit_precision not in FIT_PRECISIONS:
+        msg = f"fit_precision must be one of {tuple(FIT_PRECISIONS)}, got {fit_precision!r}."
+        raise ValueError(msg)
+    if head != "paper" and rank is not None:
+        msg = f"rank is only available with head='paper' (the {head} head whitens the full residual)."
+        raise ValueError(msg)
+    if isinstance(region, bool) or not isinstance(region, int) or region < 1:
+        msg = f"region must be a whole number of feature positions >= 1, got {region!r}."
+        raise ValueError(msg)
 
 
 class FeatureRidgeModel(nn.Module):
@@ -82,7 +102,10 @@ class FeatureRidgeModel(nn.Module):
         head: ``"paper"`` (default): the paper's ``log ||r||^2``. ``"gaussian"`` (opt-in): per-position
             centring, Mahalanobis residual plus shallow-feature typicality, score ``sqrt(d_res^2 + d_x^2)``;
             it keeps a mean per position, so inputs must keep one size (the pre-processor's resize),
-            and it has no distributed fit.
+            and it has no distributed fit. ``"local"`` (opt-in): a Gaussian of the shallow features per
+            position and a Ridge map from them to the deep ones per ``region x region`` block, score
+            the Mahalanobis distance (``local.py``); one input size and one device, like ``"gaussian"``.
+        region: Side of the blocks of feature positions that share one map in the ``local`` head.
         fit_precision: ``"float64"`` (default): the fit's products in float64, exact to float64 rounding.
             ``"float32"``: each batch's products in float32, summed in float64: a faster fit (most on
             GPUs with slow float64) whose map differs from the float64 one by float32 rounding.
@@ -99,6 +122,7 @@ class FeatureRidgeModel(nn.Module):
         rank: int | None = None,
         keep_statistics: bool = True,
         head: str = "paper",
+        region: int = 2,
         fit_precision: str = "float64",
     ) -> None:
         super().__init__()
@@ -112,16 +136,9 @@ class FeatureRidgeModel(nn.Module):
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             msg = f"sigma must be >= 0 and finite (0 switches smoothing off), got {sigma!r}."
             raise ValueError(msg)
-        if head not in HEADS:
-            msg = f"head must be one of {HEADS}, got {head!r}."
-            raise ValueError(msg)
-        if fit_precision not in FIT_PRECISIONS:
-            msg = f"fit_precision must be one of {tuple(FIT_PRECISIONS)}, got {fit_precision!r}."
-            raise ValueError(msg)
-        if head == "gaussian" and rank is not None:
-            msg = "rank is only available with head='paper' (the gaussian head whitens the full residual)."
-            raise ValueError(msg)
+        _check_head_settings(head, rank, region, fit_precision)
         self.head = head
+        self.region = region
         self.backbone = backbone
         self.layers = layers
         self.alpha = check_alpha(alpha)
@@ -152,13 +169,21 @@ class FeatureRidgeModel(nn.Module):
         self.projection: torch.Tensor | None
         self.bias: torch.Tensor
         self.fitted: torch.Tensor
-        self._register_gaussian_head(in_channels, out_channels)
+        self._register_per_position_heads(in_channels, out_channels)
         self.blur = gaussian_blur_or_none(sigma)
 
-    def _register_gaussian_head(self, in_channels: int, out_channels: int) -> None:
-        """The gaussian head's statistics and fitted tensors; ``None`` with the paper head, its state unchanged."""
+    def _new_position_statistics(self) -> PositionStatistics | LocalStatistics | None:
+        """Empty per-position statistics of the head; ``None`` for the paper head, which has none."""
+        if self.head == "local":
+            return LocalStatistics(self.region)
+        return PositionStatistics() if self.head == "gaussian" else None
+
+    def _register_per_position_heads(self, in_channels: int, out_channels: int) -> None:
+        """The gaussian and local heads' statistics and fitted tensors; ``None`` for the other heads."""
         gaussian = self.head == "gaussian"
-        self.positions = PositionStatistics() if gaussian else None
+        self.positions = self._new_position_statistics()
+        for name in LOCAL_TENSORS:
+            self.register_buffer(f"local_{name}", torch.empty(0) if self.head == "local" else None)
         self.register_buffer("position_bias", torch.empty(0) if gaussian else None)
         self.register_buffer("position_mean_x", torch.empty(0) if gaussian else None)
         self.register_buffer("residual_whitening", torch.zeros(out_channels, out_channels, 1, 1) if gaussian else None)
@@ -210,7 +235,7 @@ class FeatureRidgeModel(nn.Module):
         """The gaussian head's per-position sums of the fit in progress (kept out of the state dict)."""
         if self._positions_pending is None:
             # Set through __dict__: a registered module would put an unfinished fit into checkpoints.
-            self.__dict__["_positions_pending"] = PositionStatistics().to(self.weight.device)
+            self.__dict__["_positions_pending"] = self._new_position_statistics().to(self.weight.device)
         return self._positions_pending
 
     def discard_pending(self) -> bool:
@@ -248,11 +273,19 @@ class FeatureRidgeModel(nn.Module):
         if reduce is not None:
             moments, distinct = reduce(moments, distinct)
         statistics = self.statistics if moments is None else self.statistics.combined_with(moments)
-        if self.statistics.is_empty and moments is not None:
+        # The local head does not use the neighbourhood map, so whether the rows determine it does not matter.
+        if self.statistics.is_empty and moments is not None and self.head != "local":
             self._warn_if_degenerate(float(moments.count), len(distinct))
         if self.positions is not None:
             positions = self.positions.combined_with(pending_positions)
-            self._fit_gaussian(statistics, positions)
+            if self.head == "local":
+                solved = solve_local_head(positions)
+                for name in ("x_whitening", "residual_whitening"):
+                    solved[name] = pack_lower(solved[name])
+                for name, value in solved.items():
+                    setattr(self, f"local_{name}", value.to(self.weight.dtype))
+            else:
+                self._fit_gaussian(statistics, positions)
             self.statistics, self.positions = statistics, positions
             self._finish_fit()
             return
@@ -334,6 +367,9 @@ class FeatureRidgeModel(nn.Module):
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Patch scores on the shallow grid, ``(B, 1, h, w)``: the head's distance from normal."""
         shallow, deep = self.extract(images)
+        if self.head == "local":
+            self._check_grid(shallow, self.local_mean_x)
+            return local_scores(shallow, deep, self._local_head(), self.region)
         if self.position_bias is not None:
             return self._gaussian_scores(shallow, deep)
         if self.projection is None:
@@ -343,14 +379,30 @@ class FeatureRidgeModel(nn.Module):
             predicted = F.conv2d(reduced, self.projection, self.bias)
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
 
-    def _gaussian_scores(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
-        """``sqrt(||A_r (y - W x - b_p)||^2 + ||A_x (x - m_p)||^2)``: residual and shallow features, both whitened."""
-        if not torch.jit.is_tracing() and shallow.shape[-2:] != self.position_bias.shape[-2:]:
+    def _local_head(self) -> dict[str, torch.Tensor]:
+        """The local head's tensors with its whitening factors unpacked, kept until the packed ones change."""
+        packed = (self.local_x_whitening, self.local_residual_whitening)
+        key = tuple((id(tensor), tensor._version, tensor.device, tensor.dtype) for tensor in packed)
+        cached = self.__dict__.get("_local_unpacked")
+        if cached is None or cached[0] != key:
+            sizes = (self.weight.shape[1], self.local_mean_y.shape[0])
+            unpacked = [unpack_lower(tensor, size) for tensor, size in zip(packed, sizes, strict=True)]
+            cached = (key, dict(zip(("x_whitening", "residual_whitening"), unpacked, strict=True)))
+            self.__dict__["_local_unpacked"] = cached
+        return {**{name: getattr(self, f"local_{name}") for name in LOCAL_TENSORS}, **cached[1]}
+
+    def _check_grid(self, shallow: torch.Tensor, fitted_map: torch.Tensor) -> None:
+        """Per-position heads score only maps of the grid they were fitted on."""
+        if not torch.jit.is_tracing() and shallow.shape[-2:] != fitted_map.shape[-2:]:
             msg = (
-                f"The gaussian head was fitted on a {tuple(self.position_bias.shape[-2:])} feature grid but got "
+                f"The {self.head} head was fitted on a {tuple(fitted_map.shape[-2:])} feature grid but got "
                 f"{tuple(shallow.shape[-2:])}: score images of the training size (the pre-processor's resize)."
             )
             raise ValueError(msg)
+
+    def _gaussian_scores(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """``sqrt(||A_r (y - W x - b_p)||^2 + ||A_x (x - m_p)||^2)``: residual and shallow features, both whitened."""
+        self._check_grid(shallow, self.position_bias)
         predicted = F.conv2d(shallow, self.weight, padding=NEIGHBOURHOOD // 2) + self.position_bias
         residual = F.conv2d(deep - predicted, self.residual_whitening)
         typicality = F.conv2d(shallow - self.position_mean_x, self.x_whitening)

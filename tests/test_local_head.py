@@ -1,0 +1,149 @@
+"""The local head: its sums, its fit against a dense reference, streaming, and its limits."""
+
+import pytest
+import torch
+from conftest import small_model
+from test_torch_model import _normal_images
+
+from anomalib_featureridge.models.feature_ridge.local import (
+    COVARIANCE_RIDGE,
+    LocalStatistics,
+    pack_lower,
+    region_index,
+    unpack_lower,
+)
+from anomalib_featureridge.models.feature_ridge.torch_model import upsample_to
+
+
+def test_region_index_covers_grids_that_do_not_divide() -> None:
+    assert region_index(2, 4, 2).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert region_index(3, 3, 2).tolist() == [0, 0, 1, 0, 0, 1, 2, 2, 3]
+    assert region_index(2, 2, 1).tolist() == [0, 1, 2, 3]
+
+
+def test_local_statistics_equal_dense_sums_and_merge() -> None:
+    shallow, deep = torch.randn(5, 3, 4, 6, dtype=torch.float64), torch.randn(5, 2, 4, 6, dtype=torch.float64)
+    whole, left, right = LocalStatistics(2), LocalStatistics(2), LocalStatistics(2)
+    whole.update(shallow, deep)
+    left.update(shallow[:2], deep[:2])
+    right.update(shallow[2:], deep[2:])
+    left.merge(right)
+    x, y = shallow.flatten(2), deep.flatten(2)  # (N, C, P)
+    index = region_index(4, 6, 2)
+    for position in (0, 7, 23):
+        torch.testing.assert_close(whole.xx[position], x[:, :, position].T @ x[:, :, position])
+    for region in range(int(index.max()) + 1):
+        at = index == region
+        rows_x = x[:, :, at].permute(0, 2, 1).reshape(-1, 3)
+        rows_y = y[:, :, at].permute(0, 2, 1).reshape(-1, 2)
+        torch.testing.assert_close(whole.xy[region], rows_x.T @ rows_y)
+        torch.testing.assert_close(whole.yy[region], rows_y.T @ rows_y)
+    for name in ("count", *LocalStatistics.SUMS):
+        torch.testing.assert_close(getattr(left, name), getattr(whole, name))
+    with pytest.raises(ValueError, match="2 x 2 regions into 1 x 1"):
+        LocalStatistics(1).merge(whole)
+
+
+def _dense_local_scores(model: torch.nn.Module, train: torch.Tensor, test: torch.Tensor, region: int) -> torch.Tensor:
+    """The head from raw rows: per-position Gaussians of x, per-region conditional Gaussians of y given x."""
+    shallow, deep = model.extract(train)
+    x, y = shallow.double().flatten(2), deep.double().flatten(2)  # (N, C, P)
+    images, channels, grid = x.shape
+    mean_x, mean_y = x.mean(0), y.mean(0)
+    cx, cy = x - mean_x, y - mean_y
+    index = region_index(*shallow.shape[-2:], region)
+    test_x, test_y = (t.double().flatten(2) for t in model.extract(test))
+    test_x, test_y = test_x - mean_x, test_y - mean_y
+    scores = torch.zeros(test.shape[0], grid, dtype=torch.float64)
+    for position in range(grid):
+        xx = cx[:, :, position].T @ cx[:, :, position] / images + COVARIANCE_RIDGE * torch.eye(channels)
+        at = (index == index[position]).nonzero()[:, 0]
+        joint = torch.cat([cx[:, :, at], cy[:, :, at]], dim=1)  # (N, C_x + C_y, positions of the region)
+        pooled = torch.einsum("nip,njp->ij", joint, joint) / (images * len(at))
+        pooled += COVARIANCE_RIDGE * torch.eye(pooled.shape[0])
+        pxx, pxy, pyy = pooled[:channels, :channels], pooled[:channels, channels:], pooled[channels:, channels:]
+        regression = torch.linalg.solve(pxx, pxy)  # (C_x, C_y)
+        conditional = pyy - pxy.T @ regression
+        residual = test_y[:, :, position] - test_x[:, :, position] @ regression
+        scores[:, position] = (
+            torch.einsum("bi,ij,bj->b", test_x[:, :, position], torch.linalg.inv(xx), test_x[:, :, position])
+            + torch.einsum("bi,ij,bj->b", residual, torch.linalg.inv(conditional), residual)
+        ).sqrt()
+    return scores.reshape(test.shape[0], 1, *shallow.shape[-2:])
+
+
+@pytest.mark.parametrize("region", [1, 3])
+def test_local_head_equals_the_dense_reference(region: int) -> None:
+    train, test = _normal_images(40, size=32), torch.rand(2, 3, 32, 32)
+    model = small_model(head="local", region=region)
+    model.update(train)
+    expected = _dense_local_scores(model, train, test, region)
+    torch.testing.assert_close(model.patch_scores(test).double(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_local_head_fit_does_not_depend_on_batches_or_order() -> None:
+    images = _normal_images(6)
+    one_shot, streamed = small_model(head="local"), small_model(head="local")
+    one_shot.update(images)
+    streamed.update([images[5], images[:2], images[2:5].flip(0)])
+    test = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(streamed.patch_scores(test), one_shot.patch_scores(test), rtol=1e-4, atol=1e-4)
+
+
+def test_local_head_scores_a_defect_higher() -> None:
+    model = small_model(head="local", sigma=2.0)
+    model.update(_normal_images(8))
+    image = _normal_images(1, seed=7)
+    image[:, :, 24:40, 24:40] = torch.rand(1, 3, 16, 16) * 3
+    anomaly_map = model(image).anomaly_map[0, 0]
+    assert anomaly_map[28:36, 28:36].mean() > anomaly_map[:12, :12].mean() + 0.1
+
+
+def test_local_head_refuses_another_input_size_rank_and_a_distributed_fit() -> None:
+    model = small_model(head="local")
+    model.update(_normal_images(2))
+    with pytest.raises(ValueError, match=r"local head was fitted on a .* training size"):
+        model(torch.rand(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="same size"):
+        model.update(torch.rand(1, 3, 96, 96))
+    with pytest.raises(ValueError, match=r"rank is only available with head='paper' \(the local head"):
+        small_model(head="local", rank=8)
+    with pytest.raises(ValueError, match=r"only head='paper'.*--model\.head local on one device"):
+        model.refuse_distributed_fit_of_head()
+
+
+@pytest.mark.parametrize("region", [0, 1.5, True])
+def test_bad_region_is_refused(region: object) -> None:
+    with pytest.raises(ValueError, match="region must be a whole number"):
+        small_model(head="local", region=region)
+
+
+def test_local_head_statistics_are_dropped_without_keep_statistics() -> None:
+    model = small_model(head="local", keep_statistics=False)
+    model.update(_normal_images(3))
+    assert model.positions.is_empty
+    assert model.local_x_whitening.numel() > 0
+    deep_on_grid = upsample_to(*reversed(model.extract(_normal_images(1))))
+    assert deep_on_grid.shape[-2:] == model.local_mean_y.shape[-2:]
+
+
+def test_whitening_factors_are_stored_as_packed_lower_triangles() -> None:
+    lower = torch.randn(3, 4, 4).tril()
+    packed = pack_lower(lower)
+    assert packed.shape == (3, 10)
+    torch.testing.assert_close(unpack_lower(packed, 4), lower)
+    model = small_model(head="local")
+    model.update(_normal_images(3))
+    channels = model.weight.shape[1]
+    assert model.local_x_whitening.shape[-1] == channels * (channels + 1) // 2
+
+
+def test_local_head_update_after_scoring_equals_a_full_refit() -> None:
+    first, second, test = _normal_images(4, seed=1), _normal_images(3, seed=2), torch.rand(2, 3, 64, 64)
+    incremental, full = small_model(head="local"), small_model(head="local")
+    incremental.update(first)
+    before = incremental.patch_scores(test)  # fills the unpacked-factor cache, which the update must refresh
+    incremental.update(second)
+    full.update(torch.cat([first, second]))
+    assert not torch.allclose(before, full.patch_scores(test))
+    torch.testing.assert_close(incremental.patch_scores(test), full.patch_scores(test), rtol=1e-4, atol=1e-4)
