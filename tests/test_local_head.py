@@ -1,5 +1,7 @@
 """The local head: its sums, its fit against a dense reference, streaming, and its limits."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import small_model
@@ -147,3 +149,14 @@ def test_local_head_update_after_scoring_equals_a_full_refit() -> None:
     full.update(torch.cat([first, second]))
     assert not torch.allclose(before, full.patch_scores(test))
     torch.testing.assert_close(incremental.patch_scores(test), full.patch_scores(test), rtol=1e-4, atol=1e-4)
+
+
+def test_the_saved_local_head_holds_its_packed_factors_only(tmp_path: Path) -> None:
+    model = small_model(head="local")
+    model.update(_normal_images(3))
+    test = torch.rand(1, 3, 64, 64)
+    expected = model.patch_scores(test)  # fills the cache of unpacked factors
+    torch.save(model, tmp_path / "model.pt")
+    restored = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert "_local_unpacked" not in restored.__dict__
+    torch.testing.assert_close(restored.patch_scores(test), expected)

@@ -379,6 +379,11 @@ class FeatureRidgeModel(nn.Module):
             predicted = F.conv2d(reduced, self.projection, self.bias)
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
 
+    def __getstate__(self) -> dict:
+        """Pickle (``torch.save``, the torch export) without the unpacked factors: they double the local head."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {name: value for name, value in state.items() if name != "_local_unpacked"}
+
     def _local_head(self) -> dict[str, torch.Tensor]:
         """The local head's tensors with its whitening factors unpacked, kept until the packed ones change."""
         packed = (self.local_x_whitening, self.local_residual_whitening)
