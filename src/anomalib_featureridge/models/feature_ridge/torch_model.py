@@ -157,7 +157,7 @@ class FeatureRidgeModel(nn.Module):
         self.statistics = RidgeStatistics()
         # Rows of the fit in progress: committed to ``statistics`` only by a successful :meth:`fit`.
         self.pending = NeighbourhoodMoments(FIT_PRECISIONS[self.fit_precision])
-        # The gaussian head's pending per-position sums, likewise (see :meth:`_pending_positions`).
+        # The gaussian or local head's pending per-position sums, likewise (see :meth:`_pending_positions`).
         self.__dict__["_positions_pending"] = None
         head_channels = out_channels if rank is None else rank
         self.register_buffer("weight", torch.zeros(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
@@ -232,7 +232,7 @@ class FeatureRidgeModel(nn.Module):
             self._pending_positions().update(shallow, upsample_to(deep, shallow))
 
     def _pending_positions(self) -> PositionStatistics:
-        """The gaussian head's per-position sums of the fit in progress (kept out of the state dict)."""
+        """The gaussian or local head's per-position sums of the fit in progress (kept out of the state dict)."""
         if self._positions_pending is None:
             # Set through __dict__: a registered module would put an unfinished fit into checkpoints.
             self.__dict__["_positions_pending"] = self._new_position_statistics().to(self.weight.device)
@@ -381,8 +381,7 @@ class FeatureRidgeModel(nn.Module):
 
     def __getstate__(self) -> dict:
         """Pickle (``torch.save``, the torch export) without the unpacked factors: they double the local head."""
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {name: value for name, value in state.items() if name != "_local_unpacked"}
+        return {name: value for name, value in self.__dict__.items() if name != "_local_unpacked"}
 
     def _local_head(self) -> dict[str, torch.Tensor]:
         """The local head's tensors with its whitening factors unpacked, kept until the packed ones change."""
