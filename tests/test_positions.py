@@ -89,9 +89,10 @@ def test_gaussian_head_equals_the_dense_reference() -> None:
     torch.testing.assert_close(model.patch_scores(test).double(), expected, rtol=1e-3, atol=1e-3)
 
 
-def test_gaussian_head_fit_does_not_depend_on_batches_or_order() -> None:
+@pytest.mark.parametrize("head", ["gaussian", "local"])
+def test_per_position_head_fit_does_not_depend_on_batches_or_order(head: str) -> None:
     images = _normal_images(6)
-    one_shot, streamed = small_model(head="gaussian"), small_model(head="gaussian")
+    one_shot, streamed = small_model(head=head), small_model(head=head)
     one_shot.update(images)
     streamed.update([images[5], images[:2], images[2:5].flip(0)])
     test = torch.rand(2, 3, 64, 64)
@@ -105,8 +106,9 @@ def test_gaussian_head_refuses_another_input_size() -> None:
         model(torch.rand(1, 3, 96, 96))
 
 
-def test_gaussian_head_scores_a_defect_higher() -> None:
-    model = small_model(head="gaussian", sigma=2.0)
+@pytest.mark.parametrize("head", ["gaussian", "local"])
+def test_per_position_head_scores_a_defect_higher(head: str) -> None:
+    model = small_model(head=head, sigma=2.0)
     model.update(_normal_images(8))
     image = _normal_images(1, seed=7)
     image[:, :, 24:40, 24:40] = torch.rand(1, 3, 16, 16) * 3

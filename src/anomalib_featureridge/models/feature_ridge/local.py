@@ -22,14 +22,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from .sums import FloatSums
+from .sums import MapSums
 
 # Added to every covariance's diagonal (features standardised by ImageNet normalisation), as Padim does.
 COVARIANCE_RIDGE = 0.01
-_ONE_SIZE = (
-    "The local head keeps statistics per position, so every image must have the same size: keep the "
-    "pre-processor's resize (256 x 256 by default), or use head='paper'."
-)
 
 
 def region_index(height: int, width: int, region: int, device: torch.device | None = None) -> torch.Tensor:
@@ -39,27 +35,26 @@ def region_index(height: int, width: int, region: int, device: torch.device | No
     return (rows[:, None] * ((width + region - 1) // region) + columns[None, :]).reshape(-1)
 
 
-class LocalStatistics(FloatSums):
+class LocalStatistics(MapSums):
     """Per-position sums of ``x``, ``y`` and ``x x^T`` and per-region sums of ``x y^T`` and ``y y^T`` (float64)."""
 
     SUMS = ("sum_x", "sum_y", "xx", "xy", "yy")
+    SIZE_HINT = (
+        " The local head keeps statistics per position, so every image must have the same size: keep the "
+        "pre-processor's resize (256 x 256 by default), or use head='paper'."
+    )
 
     def __init__(self, region: int) -> None:
         super().__init__()
         self.region = region
-        self.sum_x: torch.Tensor
-        self.sum_y: torch.Tensor
         self.xx: torch.Tensor
         self.xy: torch.Tensor
         self.yy: torch.Tensor
 
-    def _allocate(self, x_shape: torch.Size, y_channels: int) -> None:
+    def _allocate_products(self, x_shape: torch.Size, y_channels: int) -> None:
         device = self.count.device
         channels, height, width = x_shape
         regions = int(region_index(height, width, self.region).max()) + 1
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
-        self.sum_x = torch.zeros(channels, height, width, dtype=torch.float64, device=device)
-        self.sum_y = torch.zeros(y_channels, height, width, dtype=torch.float64, device=device)
         self.xx = torch.zeros(height * width, channels, channels, dtype=torch.float64, device=device)
         self.xy = torch.zeros(regions, channels, y_channels, dtype=torch.float64, device=device)
         self.yy = torch.zeros(regions, y_channels, y_channels, dtype=torch.float64, device=device)
@@ -72,22 +67,7 @@ class LocalStatistics(FloatSums):
             ValueError: On maps of another grid than the accumulated ones (the sums are per position:
                 keep the pre-processor's fixed resize).
         """
-        if shallow.ndim != 4 or deep.ndim != 4 or shallow.shape[0] != deep.shape[0]:
-            msg = f"Expected (B, C, h, w) maps of one batch, got {tuple(shallow.shape)} and {tuple(deep.shape)}."
-            raise ValueError(msg)
-        if not self.is_sized:
-            self._allocate(shallow.shape[1:], deep.shape[1])
-        if shallow.shape[1:] != self.sum_x.shape or deep.shape[1:] != self.sum_y.shape:
-            msg = (
-                f"Feature maps of shape {tuple(shallow.shape[1:])} and {tuple(deep.shape[1:])} do not match the "
-                f"accumulated {tuple(self.sum_x.shape)} and {tuple(self.sum_y.shape)}. {_ONE_SIZE}"
-            )
-            raise ValueError(msg)
-        x = shallow.to(device=self.count.device, dtype=torch.float64)
-        y = deep.to(device=self.count.device, dtype=torch.float64)
-        self.count += x.shape[0]
-        self.sum_x += x.sum(dim=0)
-        self.sum_y += y.sum(dim=0)
+        x, y = self._add_maps(shallow, deep)
         x_rows = x.flatten(2).permute(2, 1, 0)  # (P, C_x, B)
         y_rows = y.flatten(2).permute(2, 1, 0)
         self.xx += x_rows @ x_rows.transpose(1, 2)
@@ -95,35 +75,19 @@ class LocalStatistics(FloatSums):
         self.xy.index_add_(0, index, x_rows @ y_rows.transpose(1, 2))
         self.yy.index_add_(0, index, y_rows @ y_rows.transpose(1, 2))
 
+    def empty_copy(self) -> LocalStatistics:
+        """A new, empty set with this one's region size."""
+        return LocalStatistics(self.region)
+
     def merge(self, other: LocalStatistics) -> None:
         """Add another set of statistics (another worker's, or a new fit's) to this one."""
-        if other.is_empty:
-            return
         if other.region != self.region:
             msg = (
                 f"Cannot merge statistics of {other.region} x {other.region} regions into "
                 f"{self.region} x {self.region}."
             )
             raise ValueError(msg)
-        if not self.is_sized:
-            self._allocate(other.sum_x.shape, other.sum_y.shape[0])
-        if other.sum_x.shape != self.sum_x.shape or other.sum_y.shape != self.sum_y.shape:
-            msg = (
-                f"Cannot merge statistics of maps {tuple(other.sum_x.shape)} into {tuple(self.sum_x.shape)}. "
-                f"{_ONE_SIZE}"
-            )
-            raise ValueError(msg)
-        self.count += other.count.to(self.count.device)
-        for name in self.SUMS:
-            getattr(self, name).add_(getattr(other, name).to(self.count.device))
-
-    def combined_with(self, other: LocalStatistics | None) -> LocalStatistics:
-        """A new set holding these sums plus ``other``'s; this one is left as it is (a fit may still fail)."""
-        combined = LocalStatistics(self.region).to(self.count.device)
-        combined.merge(self)
-        if other is not None:
-            combined.merge(other)
-        return combined
+        super().merge(other)
 
 
 def _whitening(covariance: torch.Tensor) -> torch.Tensor:

@@ -15,30 +15,29 @@ from __future__ import annotations
 import torch
 
 from .ridge import ridge_cholesky
-from .sums import FloatSums
+from .sums import MapSums
 
 
-class PositionStatistics(FloatSums):
+class PositionStatistics(MapSums):
     """Per-position sums of ``x`` and ``y`` maps plus ``sum x x^T`` and ``sum y y^T``, as float64 buffers.
 
     Empty until the first update (sized by the data), and again after :meth:`clear`.
     """
 
     SUMS = ("sum_x", "sum_y", "xx", "yy")
+    SIZE_HINT = (
+        " The gaussian head keeps a mean per position, so every image must have the same size: keep the "
+        "pre-processor's resize (256 x 256 by default), or use head='paper'."
+    )
 
     def __init__(self) -> None:
         super().__init__()
-        self.sum_x: torch.Tensor
-        self.sum_y: torch.Tensor
         self.xx: torch.Tensor
         self.yy: torch.Tensor
 
-    def _allocate(self, x_shape: torch.Size, y_channels: int) -> None:
+    def _allocate_products(self, x_shape: torch.Size, y_channels: int) -> None:
         device = self.count.device
-        channels, height, width = x_shape
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
-        self.sum_x = torch.zeros(channels, height, width, dtype=torch.float64, device=device)
-        self.sum_y = torch.zeros(y_channels, height, width, dtype=torch.float64, device=device)
+        channels = x_shape[0]
         self.xx = torch.zeros(channels, channels, dtype=torch.float64, device=device)
         self.yy = torch.zeros(y_channels, y_channels, dtype=torch.float64, device=device)
 
@@ -50,52 +49,11 @@ class PositionStatistics(FloatSums):
             ValueError: On maps of another grid than the accumulated ones (per-position sums only add up
                 for one input size: keep the pre-processor's fixed resize), or on mismatched shapes.
         """
-        if shallow.ndim != 4 or deep.ndim != 4 or shallow.shape[0] != deep.shape[0]:
-            msg = f"Expected (B, C, h, w) maps of one batch, got {tuple(shallow.shape)} and {tuple(deep.shape)}."
-            raise ValueError(msg)
-        if shallow.shape[-2:] != deep.shape[-2:]:
-            msg = f"The deep map must be on the shallow grid, got {tuple(deep.shape)} for {tuple(shallow.shape)}."
-            raise ValueError(msg)
-        if not self.is_sized:
-            self._allocate(shallow.shape[1:], deep.shape[1])
-        if shallow.shape[1:] != self.sum_x.shape or deep.shape[1:] != self.sum_y.shape:
-            msg = (
-                f"Feature maps of shape {tuple(shallow.shape[1:])} and {tuple(deep.shape[1:])} do not match the "
-                f"accumulated {tuple(self.sum_x.shape)} and {tuple(self.sum_y.shape)}. The gaussian head keeps a mean "
-                "per position, so every image must have the same size: keep the pre-processor's resize (256 x 256 by "
-                "default), or use head='paper'."
-            )
-            raise ValueError(msg)
-        x = shallow.to(device=self.count.device, dtype=torch.float64)
-        y = deep.to(device=self.count.device, dtype=torch.float64)
-        self.count += x.shape[0]
-        self.sum_x += x.sum(dim=0)
-        self.sum_y += y.sum(dim=0)
+        x, y = self._add_maps(shallow, deep)
         x_rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
         y_rows = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
         self.xx.addmm_(x_rows.T, x_rows)
         self.yy.addmm_(y_rows.T, y_rows)
-
-    def merge(self, other: PositionStatistics) -> None:
-        """Add another set of statistics (for example from another worker) to this one."""
-        if other.is_empty:
-            return
-        if not self.is_sized:
-            self._allocate(other.sum_x.shape, other.sum_y.shape[0])
-        if other.sum_x.shape != self.sum_x.shape or other.sum_y.shape != self.sum_y.shape:
-            msg = f"Cannot merge statistics of maps {tuple(other.sum_x.shape)} into {tuple(self.sum_x.shape)}."
-            raise ValueError(msg)
-        self.count += other.count.to(self.count.device)
-        for name in self.SUMS:
-            getattr(self, name).add_(getattr(other, name).to(self.count.device))
-
-    def combined_with(self, other: PositionStatistics | None) -> PositionStatistics:
-        """A new set holding these sums plus ``other``'s; this one is left as it is (a fit may still fail)."""
-        combined = PositionStatistics().to(self.count.device)
-        combined.merge(self)
-        if other is not None:
-            combined.merge(other)
-        return combined
 
 
 # Added to the covariances' diagonals before whitening: the shallow one as anomalib's Padim does,
