@@ -3,8 +3,8 @@
 On hard textures (magnetic_tile) the paper head and the ``gaussian`` head are far behind Padim,
 and the measurements (docs/method.md) say why: what is normal varies from position to position,
 in the shallow features' spread and in how the deep features follow from them, and one shared
-map cannot say so. Padim keeps a full Gaussian of ``[x, y]`` per position (111 MiB with lite2).
-This head factors that joint Gaussian as ``p(x) p(y | x)`` and keeps each factor where it pays:
+map cannot say so. Padim keeps a full Gaussian of ``[x, y]`` per position, quadratic in both maps'
+channels. This head factors that joint Gaussian as ``p(x) p(y | x)`` and keeps each factor where it pays:
 
 - ``p(x)``: a mean and a covariance of the shallow features ``x`` at every position;
 - ``p(y | x)``: a mean of ``y`` per position and, per ``region x region`` block of positions, a
