@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_model
+from conftest import SMALL_BACKBONE, SMALL_LAYERS, small_model
 from test_torch_model import _normal_images
 
+from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.models.feature_ridge.local import (
     COVARIANCE_RIDGE,
     LocalStatistics,
@@ -142,3 +143,12 @@ def test_the_saved_local_head_holds_its_packed_factors_only(tmp_path: Path) -> N
     restored = torch.load(tmp_path / "model.pt", weights_only=False)
     assert "_local_unpacked" not in restored.__dict__
     torch.testing.assert_close(restored.patch_scores(test), expected)
+
+
+def test_an_export_leaves_the_local_statistics_out_and_keeps_their_kind() -> None:
+    model = FeatureRidge(backbone=SMALL_BACKBONE, layers=list(SMALL_LAYERS), pre_trained=False, head="local")
+    model.model.update(_normal_images(3))
+    with model.export_context():
+        assert isinstance(model.model.positions, LocalStatistics)
+        assert model.model.positions.is_empty
+    assert not model.model.positions.is_empty

@@ -41,7 +41,6 @@ from anomalib_featureridge.components.feature_extractor import defer_pretrained_
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from . import distributed
-from .positions import PositionStatistics
 from .ridge import RidgeStatistics
 from .torch_model import FeatureRidgeModel
 
@@ -331,7 +330,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         statistics, positions = self.model.statistics, self.model.positions
         self.model.statistics = RidgeStatistics().to(statistics.count.device)
         if positions is not None:
-            self.model.positions = PositionStatistics().to(positions.count.device)
+            self.model.positions = positions.empty_copy().to(positions.count.device)
         try:
             yield
         finally:
