@@ -270,6 +270,9 @@ def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
     assert restored.model.head == "paper"
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
+    # The paper head does not read region, so a region given with it is no conflict.
+    with_region = FeatureRidge.load_from_checkpoint(path, region=3).eval()
+    torch.testing.assert_close(with_region.model(images).anomaly_map, restored.model(images).anomaly_map)
 
 
 @pytest.mark.parametrize("head", ["gaussian", "local"])
@@ -290,3 +293,5 @@ def test_per_position_checkpoint_gives_its_head_to_a_default_model_and_refuses_a
     if head == "local":
         with pytest.raises(ValueError, match=r"trained with .*region=2.*configured with .*region=3.*--model\.region"):
             _model(head=head, region=3).on_load_checkpoint(checkpoint)
+    else:
+        _model(head=head, region=3).on_load_checkpoint(checkpoint)  # only the local head reads region

@@ -12,16 +12,26 @@ from anomalib_featureridge.models.feature_ridge.local import (
     COVARIANCE_RIDGE,
     LocalStatistics,
     pack_lower,
-    region_index,
+    region_count,
+    region_rows,
     unpack_lower,
 )
 from anomalib_featureridge.models.feature_ridge.torch_model import upsample_to
 
 
-def test_region_index_covers_grids_that_do_not_divide() -> None:
-    assert region_index(2, 4, 2).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
-    assert region_index(3, 3, 2).tolist() == [0, 0, 1, 0, 0, 1, 2, 2, 3]
-    assert region_index(2, 2, 1).tolist() == [0, 1, 2, 3]
+def _block_labels(height: int, width: int, region: int) -> torch.Tensor:
+    """Each position's block (row-major), written out: the reference for the head's layout."""
+    columns = -(-width // region)
+    labels = [(row // region) * columns + column // region for row in range(height) for column in range(width)]
+    return torch.tensor(labels)
+
+
+def test_region_rows_cover_grids_that_do_not_divide_with_zero_padding() -> None:
+    grid = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    assert region_rows(grid, 2)[..., 0].tolist() == [[1, 2, 4, 5], [3, 0, 6, 0], [7, 8, 0, 0], [9, 0, 0, 0]]
+    assert region_rows(grid, 1)[..., 0].tolist() == [[value] for value in range(1, 10)]
+    assert region_count(3, 3, 2) == 4
+    assert region_count(2, 4, 2) == 2
 
 
 def test_local_statistics_equal_dense_sums_and_merge() -> None:
@@ -32,7 +42,7 @@ def test_local_statistics_equal_dense_sums_and_merge() -> None:
     right.update(shallow[2:], deep[2:])
     left.merge(right)
     x, y = shallow.flatten(2), deep.flatten(2)  # (N, C, P)
-    index = region_index(4, 6, 2)
+    index = _block_labels(4, 6, 2)
     for position in (0, 7, 23):
         torch.testing.assert_close(whole.xx[position], x[:, :, position].T @ x[:, :, position])
     for region in range(int(index.max()) + 1):
@@ -54,7 +64,7 @@ def _dense_local_scores(model: torch.nn.Module, train: torch.Tensor, test: torch
     images, channels, grid = x.shape
     mean_x, mean_y = x.mean(0), y.mean(0)
     cx, cy = x - mean_x, y - mean_y
-    index = region_index(*shallow.shape[-2:], region)
+    index = _block_labels(*shallow.shape[-2:], region)
     test_x, test_y = (t.double().flatten(2) for t in model.extract(test))
     test_x, test_y = test_x - mean_x, test_y - mean_y
     scores = torch.zeros(test.shape[0], grid, dtype=torch.float64)
@@ -152,3 +162,18 @@ def test_an_export_leaves_the_local_statistics_out_and_keeps_their_kind() -> Non
         assert isinstance(model.model.positions, LocalStatistics)
         assert model.model.positions.is_empty
     assert not model.model.positions.is_empty
+
+
+def test_local_head_accumulates_only_its_own_sums() -> None:
+    model = small_model(head="local")
+    assert model.pending is None, "the neighbourhood sums are the paper map's: the local head never reads them"
+    model.accumulate(_normal_images(2))
+    assert model.has_pending
+    model.fit()
+    assert not model.has_pending
+    assert model.statistics.is_empty
+    assert float(model.positions.count) == 2
+    assert model.describe_fit() == "2 images"
+    model.accumulate(_normal_images(1, seed=3))
+    assert model.discard_pending()
+    assert not model.discard_pending()

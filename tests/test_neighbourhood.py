@@ -68,14 +68,6 @@ def test_distinct_rows_are_counted() -> None:
     assert len(constant.distinct) == 9
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_features_are_refused(bad: float) -> None:
-    shallow, deep = _maps(1, 4, 4)
-    shallow[0, 1, 2, 2] = bad
-    with pytest.raises(ValueError, match="Non-finite"):
-        NeighbourhoodMoments().add(shallow, deep)
-
-
 def test_feature_size_change_is_refused() -> None:
     pending = NeighbourhoodMoments()
     pending.add(*_maps(1, 4, 4))

@@ -132,12 +132,24 @@ def test_update_takes_images_of_different_sizes() -> None:
     assert model(torch.rand(1, 3, 80, 48)).anomaly_map.shape == (1, 1, 80, 48)
 
 
-def test_dropped_statistics_block_updates() -> None:
-    model = small_model(keep_statistics=False)
+@pytest.mark.parametrize("head", ["paper", "local"])
+def test_dropped_statistics_block_updates(head: str) -> None:
+    model = small_model(keep_statistics=False, head=head)
     model.update(_normal_images(3))
-    assert model.statistics.is_empty
+    assert model.fit_statistics().is_empty
     with pytest.raises(RuntimeError, match="statistics were dropped"):
         model.update(_normal_images(1))
+
+
+@pytest.mark.parametrize("head", ["paper", "gaussian", "local"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_are_refused_before_any_sum(head: str, bad: float) -> None:
+    model = small_model(head=head)
+    images = _normal_images(2)
+    images[1, 0, 5, 7] = bad
+    with pytest.raises(ValueError, match="Non-finite"):
+        model.accumulate(images)
+    assert not model.has_pending
 
 
 def test_grayscale_batch_is_scored_like_its_rgb_copy() -> None:

@@ -141,7 +141,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the scoring settings and the model class beside the hyper-parameters."""
         super().on_save_checkpoint(checkpoint)
-        checkpoint[TRAINED_WITH_KEY] = self._scoring_settings()
+        checkpoint[TRAINED_WITH_KEY] = _settings_of_head(self._scoring_settings())
 
     def _scoring_settings(self) -> dict[str, Any]:
         """What the fitted tensors and the scores depend on (plus keep_statistics, which fixes the state's shape)."""
@@ -170,7 +170,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         }
         trained["layers"] = list(trained["layers"])
         trained["alpha"], trained["sigma"] = float(trained["alpha"]), float(trained["sigma"])
-        return trained
+        return _settings_of_head(trained)
 
     def adopt_checkpoint_settings(self, checkpoint: dict[str, Any], path: object) -> None:
         """Score with the checkpoint's settings, before tensors are copied (components/checkpoints.py has the rule)."""
@@ -224,8 +224,8 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         if bool(self.model.fitted):
             self.model.require_statistics()
             logger.info(
-                "FeatureRidge is already fitted on %d feature vectors: the new training images are added to them.",
-                int(self.model.statistics.count),
+                "FeatureRidge is already fitted on %s: the new training images are added to them.",
+                self.model.describe_fit(),
             )
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
@@ -294,7 +294,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
 
     def _solve_due(self) -> bool:
         """The map is due when it was never solved, or when rows of this fit wait to be committed."""
-        return not bool(self.model.fitted) or not self.model.pending.is_empty
+        return not bool(self.model.fitted) or self.model.has_pending
 
     def on_validation_start(self) -> None:
         """Score with this fit's map: Lightning validates before the training epoch's end hook runs."""
@@ -316,7 +316,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             self.model.discard_pending()
         reduce = partial(distributed.all_reduce, device=self.device) if distributed.world_size() > 1 else None
         self.model.fit(reduce)
-        logger.info("Solved the Ridge map from %d feature vectors.", int(self.model.statistics.count))
+        logger.info("Solved the %s head from %s.", self.model.head, self.model.describe_fit())
 
     def _require_fitted(self) -> None:
         if not bool(self.model.fitted):
@@ -345,6 +345,13 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def learning_type(self) -> LearningType:
         """Trained on normal images only."""
         return LearningType.ONE_CLASS
+
+
+def _settings_of_head(settings: dict[str, Any]) -> dict[str, Any]:
+    """The scoring settings that the head's scores depend on: only the local head reads ``region``."""
+    if settings["head"] == "local":
+        return settings
+    return {key: value for key, value in settings.items() if key != "region"}
 
 
 def _empty_train_folder_hint(datamodule: object) -> str:

@@ -28,11 +28,37 @@ from .sums import MapSums
 COVARIANCE_RIDGE = 0.01
 
 
-def region_index(height: int, width: int, region: int, device: torch.device | None = None) -> torch.Tensor:
-    """For each position of an ``height x width`` grid (row-major), the index of its ``region x region`` block."""
-    rows = torch.arange(height, device=device) // region
-    columns = torch.arange(width, device=device) // region
-    return (rows[:, None] * ((width + region - 1) // region) + columns[None, :]).reshape(-1)
+def region_count(height: int, width: int, region: int) -> int:
+    """How many ``region x region`` blocks cover an ``height x width`` grid (the last ones may be partial)."""
+    return -(-height // region) * -(-width // region)
+
+
+def region_rows(maps: torch.Tensor, region: int) -> torch.Tensor:
+    """``(B, C, h, w)`` maps as ``(R, B * region^2, C)`` rows, region-major.
+
+    The one rule of which block a position belongs to, for the sums, the solve and the scores. Blocks
+    are taken row-major from the top left; a grid the blocks do not divide is zero-padded at the bottom
+    and right, so padded rows add nothing to a region's sums.
+    """
+    batch, channels, height, width = maps.shape
+    padded = F.pad(maps, (0, (-width) % region, 0, (-height) % region))
+    rows, columns = padded.shape[-2] // region, padded.shape[-1] // region
+    blocks = padded.reshape(batch, channels, rows, region, columns, region)
+    return blocks.permute(2, 4, 0, 3, 5, 1).reshape(rows * columns, batch * region * region, channels)
+
+
+def _region_positions(rows: torch.Tensor, batch: int, height: int, width: int, region: int) -> torch.Tensor:
+    """The inverse of :func:`region_rows` for one value per row: ``(R, B * region^2)`` -> ``(B, 1, h, w)``."""
+    grid_rows, grid_columns = -(-height // region), -(-width // region)
+    blocks = rows.reshape(grid_rows, grid_columns, batch, region, region).permute(2, 0, 3, 1, 4)
+    return blocks.reshape(batch, 1, grid_rows * region, grid_columns * region)[:, :, :height, :width]
+
+
+def _region_sums(per_position: torch.Tensor, height: int, width: int, region: int) -> torch.Tensor:
+    """``(P, ...)`` values of the positions (row-major) summed over each region: ``(R, ...)``."""
+    trailing = per_position.shape[1:]
+    maps = per_position.reshape(1, height, width, -1).permute(0, 3, 1, 2)
+    return region_rows(maps, region).sum(dim=1).reshape(-1, *trailing)
 
 
 class LocalStatistics(MapSums):
@@ -54,7 +80,7 @@ class LocalStatistics(MapSums):
     def _allocate_products(self, x_shape: torch.Size, y_channels: int) -> None:
         device = self.count.device
         channels, height, width = x_shape
-        regions = int(region_index(height, width, self.region).max()) + 1
+        regions = region_count(height, width, self.region)
         self.xx = torch.zeros(height * width, channels, channels, dtype=torch.float64, device=device)
         self.xy = torch.zeros(regions, channels, y_channels, dtype=torch.float64, device=device)
         self.yy = torch.zeros(regions, y_channels, y_channels, dtype=torch.float64, device=device)
@@ -69,11 +95,10 @@ class LocalStatistics(MapSums):
         """
         x, y = self._add_maps(shallow, deep)
         x_rows = x.flatten(2).permute(2, 1, 0)  # (P, C_x, B)
-        y_rows = y.flatten(2).permute(2, 1, 0)
         self.xx += x_rows @ x_rows.transpose(1, 2)
-        index = region_index(*x.shape[-2:], self.region, device=x.device)
-        self.xy.index_add_(0, index, x_rows @ y_rows.transpose(1, 2))
-        self.yy.index_add_(0, index, y_rows @ y_rows.transpose(1, 2))
+        x_regions, y_regions = region_rows(x, self.region), region_rows(y, self.region)  # (R, B region^2, C)
+        self.xy += x_regions.transpose(1, 2) @ y_regions
+        self.yy += y_regions.transpose(1, 2) @ y_regions
 
     def empty_copy(self) -> LocalStatistics:
         """A new, empty set with this one's region size."""
@@ -113,19 +138,16 @@ def solve_local_head(statistics: LocalStatistics) -> dict[str, torch.Tensor]:
     mean_x = statistics.sum_x / images
     mean_y = statistics.sum_y / images
     flat_x = mean_x.flatten(1).T  # (P, C_x)
-    flat_y = mean_y.flatten(1).T
     eye_x = torch.eye(channels, dtype=torch.float64, device=mean_x.device)
     eye_y = torch.eye(mean_y.shape[0], dtype=torch.float64, device=mean_x.device)
     xx = statistics.xx / images - flat_x[:, :, None] * flat_x[:, None, :] + COVARIANCE_RIDGE * eye_x
-    index = region_index(height, width, statistics.region, device=mean_x.device)
-    regions = statistics.xy.shape[0]
-    sizes = torch.zeros(regions, dtype=torch.float64, device=mean_x.device).index_add_(
-        0, index, torch.ones_like(index, dtype=torch.float64)
-    )[:, None, None]
+    region = statistics.region
+    sizes = _region_sums(torch.ones_like(flat_x[:, 0]), height, width, region)[:, None, None]
+    pooled_xx = _region_sums(xx, height, width, region) / sizes
     # Region sums of the per-position mean products, subtracted to centre each position on its own mean.
-    pooled_xx = xx.new_zeros(regions, channels, channels).index_add_(0, index, xx) / sizes
-    mean_xy = torch.zeros_like(statistics.xy).index_add_(0, index, flat_x[:, :, None] * flat_y[:, None, :])
-    mean_yy = torch.zeros_like(statistics.yy).index_add_(0, index, flat_y[:, :, None] * flat_y[:, None, :])
+    regions_x, regions_y = region_rows(mean_x[None], region), region_rows(mean_y[None], region)
+    mean_xy = regions_x.transpose(1, 2) @ regions_y
+    mean_yy = regions_y.transpose(1, 2) @ regions_y
     pooled_xy = (statistics.xy / images - mean_xy) / sizes
     pooled_yy = (statistics.yy / images - mean_yy) / sizes + COVARIANCE_RIDGE * eye_y
     regression = torch.linalg.solve(pooled_xx, pooled_xy).transpose(1, 2)  # (R, C_y, C_x)
@@ -159,22 +181,6 @@ def unpack_lower(packed: torch.Tensor, size: int) -> torch.Tensor:
     return with_zero[..., _lower_positions(size, packed.device)]
 
 
-def _regions(maps: torch.Tensor, region: int) -> torch.Tensor:
-    """``(B, C, h, w)`` maps, zero-padded to whole regions, as ``(R, B * region^2, C)`` rows, region-major."""
-    batch, channels, height, width = maps.shape
-    padded = F.pad(maps, (0, (-width) % region, 0, (-height) % region))
-    rows, columns = padded.shape[-2] // region, padded.shape[-1] // region
-    blocks = padded.reshape(batch, channels, rows, region, columns, region)
-    return blocks.permute(2, 4, 0, 3, 5, 1).reshape(rows * columns, batch * region * region, channels)
-
-
-def _positions(rows: torch.Tensor, batch: int, height: int, width: int, region: int) -> torch.Tensor:
-    """The inverse of :func:`_regions` for one value per row: ``(R, B * region^2)`` -> ``(B, 1, h, w)``."""
-    grid_rows, grid_columns = -(-height // region), -(-width // region)
-    blocks = rows.reshape(grid_rows, grid_columns, batch, region, region).permute(2, 0, 3, 1, 4)
-    return blocks.reshape(batch, 1, grid_rows * region, grid_columns * region)[:, :, :height, :width]
-
-
 def local_scores(shallow: torch.Tensor, deep: torch.Tensor, head: dict[str, torch.Tensor], region: int) -> torch.Tensor:
     """``(B, 1, h, w)`` Mahalanobis distances under the head (:func:`solve_local_head`'s tensors).
 
@@ -184,7 +190,7 @@ def local_scores(shallow: torch.Tensor, deep: torch.Tensor, head: dict[str, torc
     x = shallow - head["mean_x"]
     typicality = x.flatten(2).permute(2, 0, 1) @ head["x_whitening"].transpose(1, 2)  # (P, B, C_x)
     squared_x = typicality.pow(2).sum(-1).T.reshape(batch, 1, height, width)
-    x_rows, y_rows = _regions(x, region), _regions(deep - head["mean_y"], region)
+    x_rows, y_rows = region_rows(x, region), region_rows(deep - head["mean_y"], region)
     residual = y_rows - x_rows @ head["regression"].transpose(1, 2)
     squared_residual = (residual @ head["residual_whitening"].transpose(1, 2)).pow(2).sum(-1)
-    return torch.sqrt(squared_x + _positions(squared_residual, batch, height, width, region))
+    return torch.sqrt(squared_x + _region_positions(squared_residual, batch, height, width, region))

@@ -98,12 +98,6 @@ class NeighbourhoodMoments:
     @torch.no_grad()
     def add(self, shallow: torch.Tensor, deep: torch.Tensor) -> None:
         """Add the rows of shallow maps ``(B, C, H, W)`` and the deep maps ``(B, D, h, w)`` that predict them."""
-        if not (torch.isfinite(shallow).all() and torch.isfinite(deep).all()):
-            msg = (
-                "Non-finite values (NaN or inf) in the backbone features. Check the input images "
-                "(corrupt files, NaN pixels) and the backbone weights."
-            )
-            raise ValueError(msg)
         batch, channels, height, width = shallow.shape
         if "sum_x" in self._sums and (
             self._sums["sum_x"].shape[0] != channels * 9 or self._sums["sum_y"].shape[0] != deep.shape[1]

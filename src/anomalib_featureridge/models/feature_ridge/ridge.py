@@ -20,6 +20,16 @@ from .sums import FloatSums
 _ROWS_PER_CHUNK = 8192
 
 
+def refuse_non_finite(*features: torch.Tensor) -> None:
+    """Refuse NaN or inf features before they reach a sum: one such value turns the whole fit into NaN."""
+    if not all(torch.isfinite(tensor).all() for tensor in features):
+        msg = (
+            "Non-finite values (NaN or inf) in the backbone features. Check the input images "
+            "(corrupt files, NaN pixels) and the backbone weights."
+        )
+        raise ValueError(msg)
+
+
 def check_alpha(alpha: float) -> float:
     """The Ridge penalty as a float, refused unless finite and > 0 (it keeps the system positive definite)."""
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha <= 0:
@@ -94,12 +104,7 @@ class RidgeStatistics(FloatSums):
                 f"got {tuple(inputs.shape)} and {tuple(targets.shape)}."
             )
             raise ValueError(msg)
-        if not (torch.isfinite(inputs).all() and torch.isfinite(targets).all()):
-            msg = (
-                "Non-finite values (NaN or inf) in the backbone features. Check the input images "
-                "(corrupt files, NaN pixels) and the backbone weights."
-            )
-            raise ValueError(msg)
+        refuse_non_finite(inputs, targets)
         if not self.is_sized:
             self._allocate(inputs.shape[1], targets.shape[1], self.count.device)
         if inputs.shape[1] != self.sum_x.shape[0] or targets.shape[1] != self.sum_y.shape[0]:

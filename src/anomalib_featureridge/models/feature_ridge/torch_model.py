@@ -37,7 +37,7 @@ from anomalib_featureridge.components.filters import gaussian_blur_or_none
 from .local import LocalStatistics, local_scores, pack_lower, solve_local_head, unpack_lower
 from .neighbourhood import NeighbourhoodMoments
 from .positions import PositionStatistics, solve_gaussian_head
-from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank
+from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank, refuse_non_finite
 
 # Combines one process's pending statistics and row fingerprints with the other processes' ones.
 Reduction = Callable[[RidgeMoments | None, set[float]], tuple[RidgeMoments | None, set[float]]]
@@ -156,7 +156,7 @@ class FeatureRidgeModel(nn.Module):
 
         self.statistics = RidgeStatistics()
         # Rows of the fit in progress: committed to ``statistics`` only by a successful :meth:`fit`.
-        self.pending = NeighbourhoodMoments(FIT_PRECISIONS[self.fit_precision])
+        self.pending = self._new_pending()
         # The gaussian or local head's pending per-position sums, likewise (see :meth:`_pending_positions`).
         self.__dict__["_positions_pending"] = None
         head_channels = out_channels if rank is None else rank
@@ -171,6 +171,10 @@ class FeatureRidgeModel(nn.Module):
         self.fitted: torch.Tensor
         self._register_per_position_heads(in_channels, out_channels)
         self.blur = gaussian_blur_or_none(sigma)
+
+    def _new_pending(self) -> NeighbourhoodMoments | None:
+        """Empty neighbourhood sums for a fit; ``None`` for the local head, whose map does not read them."""
+        return None if self.head == "local" else NeighbourhoodMoments(FIT_PRECISIONS[self.fit_precision])
 
     def _new_position_statistics(self) -> PositionStatistics | LocalStatistics | None:
         """Empty per-position statistics of the head; ``None`` for the paper head, which has none."""
@@ -227,7 +231,9 @@ class FeatureRidgeModel(nn.Module):
     def accumulate(self, images: torch.Tensor) -> None:
         """Add a batch of normal images to the pending statistics; :meth:`fit` commits them and re-solves."""
         shallow, deep = self.backbone_maps(images)
-        self.pending.add(shallow, deep)
+        refuse_non_finite(shallow, deep)
+        if self.pending is not None:
+            self.pending.add(shallow, deep)
         if self.positions is not None:
             self._pending_positions().update(shallow, upsample_to(deep, shallow))
 
@@ -238,12 +244,27 @@ class FeatureRidgeModel(nn.Module):
             self.__dict__["_positions_pending"] = self._new_position_statistics().to(self.weight.device)
         return self._positions_pending
 
+    @property
+    def has_pending(self) -> bool:
+        """True when images were accumulated since the last fit (the fit in progress has rows to commit)."""
+        pending = self.pending if self.pending is not None else self._positions_pending
+        return pending is not None and not pending.is_empty
+
     def discard_pending(self) -> bool:
         """Forget the rows accumulated since the last fit (an unfinished fit); True if there were any."""
-        discarded = not self.pending.is_empty
-        self.pending = NeighbourhoodMoments(FIT_PRECISIONS[self.fit_precision])
+        discarded = self.has_pending
+        self.pending = self._new_pending()
         self.__dict__["_positions_pending"] = None
         return discarded
+
+    def fit_statistics(self) -> RidgeStatistics | LocalStatistics:
+        """The statistics the head is solved from: the neighbourhood sums, or the local head's own sums."""
+        return self.positions if self.head == "local" else self.statistics
+
+    def describe_fit(self) -> str:
+        """How much the fit's statistics hold, for logs: feature vectors, or images for the local head."""
+        unit = "images" if self.head == "local" else "feature vectors"
+        return f"{int(self.fit_statistics().count)} {unit}"
 
     def refuse_distributed_fit_of_head(self) -> None:
         """Only the paper head's statistics are reduced across processes: refuse any other head there."""
@@ -263,18 +284,17 @@ class FeatureRidgeModel(nn.Module):
         head only). The statistics, the map and ``fitted`` change only when the solve succeeds; the
         pending rows are used up either way, so a failed fit is never counted twice.
         """
-        pending, self.pending = self.pending, NeighbourhoodMoments(FIT_PRECISIONS[self.fit_precision])
+        pending, self.pending = self.pending, self._new_pending()
         pending_positions = self._positions_pending
         self.__dict__["_positions_pending"] = None
         if reduce is not None:
             self.refuse_distributed_fit_of_head()
-        moments = None if pending.is_empty else pending.moments()
-        distinct = pending.distinct
+        moments = None if pending is None or pending.is_empty else pending.moments()
+        distinct = set() if pending is None else pending.distinct
         if reduce is not None:
             moments, distinct = reduce(moments, distinct)
         statistics = self.statistics if moments is None else self.statistics.combined_with(moments)
-        # The local head does not use the neighbourhood map, so whether the rows determine it does not matter.
-        if self.statistics.is_empty and moments is not None and self.head != "local":
+        if self.statistics.is_empty and moments is not None:
             self._warn_if_degenerate(float(moments.count), len(distinct))
         if self.positions is not None:
             positions = self.positions.combined_with(pending_positions)
@@ -338,7 +358,7 @@ class FeatureRidgeModel(nn.Module):
 
     def require_statistics(self) -> None:
         """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost."""
-        if self.statistics.is_empty and bool(self.fitted):
+        if self.fit_statistics().is_empty and bool(self.fitted):
             msg = (
                 "This model's sufficient statistics were dropped (keep_statistics=False), so new images would "
                 "silently replace the first fit instead of adding to it. Refit on all images, from a new model "
