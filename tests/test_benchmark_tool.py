@@ -390,3 +390,13 @@ def test_feature_ridge_gets_its_head_and_fit_precision_and_other_models_do_not()
     assert construction.settings_of("FeatureRidge", setup) == "head=gaussian fit=float32"
     assert construction.settings_of("Padim", setup) == ""
     assert construction.settings_of("SyntheticDefectMetric", setup) == ""
+
+
+def test_patchcore_on_linux_with_default_malloc_settings_gets_the_allocator_notice():
+    notice = sweep.allocator_notice(["FeatureRidge", "Patchcore"], "linux", {})
+    assert notice is not None
+    assert "MALLOC_MMAP_THRESHOLD_=65536" in notice
+    assert sweep.allocator_notice(["Patchcore"], "linux", {"MALLOC_MMAP_THRESHOLD_": "65536"}) is None
+    assert sweep.allocator_notice(["Patchcore"], "linux", {"MALLOC_TRIM_THRESHOLD_": "0"}) is None
+    assert sweep.allocator_notice(["Patchcore"], "darwin", {}) is None
+    assert sweep.allocator_notice(["FeatureRidge", "Padim"], "linux", {}) is None

@@ -10,6 +10,7 @@ and the plots are rebuilt from the whole CSV at the end (or alone with ``--repor
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,28 @@ from anomalib_featureridge.models.feature_ridge.ridge import check_rank
 
 # What identifies a row for resuming.
 KEY = ("mode", "model", "category", "n_train", "backbone", "settings")
+
+
+# glibc settings that keep Patchcore's coreset search from growing the heap (docs/benchmarks.md).
+ALLOCATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def allocator_notice(models: list[str], platform: str, environment: dict[str, str]) -> str | None:
+    """What to tell a Linux user who benchmarks Patchcore with glibc's default malloc settings, else None.
+
+    anomalib's coreset search then grows the heap by about one temporary per iteration (tens of GB with
+    anomalib's 10 % coreset), so the Patchcore row can be killed for memory; the figures stay as users get them.
+    """
+    if "Patchcore" not in models or not platform.startswith("linux"):
+        return None
+    if any(name in environment for name in ALLOCATOR_SETTINGS):
+        return None
+    return (
+        "[benchmark] Patchcore runs with glibc's default malloc settings, under which anomalib's coreset search "
+        "grows the heap by about one temporary per iteration (tens of GB at a 10 % coreset). If its row is "
+        "killed for memory, rerun with MALLOC_MMAP_THRESHOLD_=65536 in the environment (docs/benchmarks.md, "
+        '"Patchcore\'s memory on Linux").'
+    )
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -106,6 +129,9 @@ def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
             sys.exit(f"--feature-ridge-rank must be between 1 and {deep_channels - 1} for {setup.layers[-1]!r}")
     done = {row_key(row) for row in read_rows(csv_path) if not row["error"]}
     runs = [(mode, category, n, name) for mode, category, n in plan(args) for name in args.models]
+    notice = allocator_notice(list(args.models), sys.platform, dict(os.environ))
+    if notice:
+        print(notice, flush=True)
     with row_appender(csv_path, FIELDS) as append:
         for index, (mode, category, n_train, name) in enumerate(runs, start=1):
             identity = {
