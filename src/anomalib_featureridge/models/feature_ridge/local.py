@@ -28,9 +28,15 @@ from .sums import MapSums
 COVARIANCE_RIDGE = 0.01
 
 
+def _region_grid(height: int, width: int, region: int) -> tuple[int, int]:
+    """Rows and columns of ``region x region`` blocks covering an ``height x width`` grid (the last may be partial)."""
+    return -(-height // region), -(-width // region)
+
+
 def region_count(height: int, width: int, region: int) -> int:
-    """How many ``region x region`` blocks cover an ``height x width`` grid (the last ones may be partial)."""
-    return -(-height // region) * -(-width // region)
+    """How many ``region x region`` blocks cover an ``height x width`` grid."""
+    rows, columns = _region_grid(height, width, region)
+    return rows * columns
 
 
 def region_rows(maps: torch.Tensor, region: int) -> torch.Tensor:
@@ -41,15 +47,15 @@ def region_rows(maps: torch.Tensor, region: int) -> torch.Tensor:
     and right, so padded rows add nothing to a region's sums.
     """
     batch, channels, height, width = maps.shape
-    padded = F.pad(maps, (0, (-width) % region, 0, (-height) % region))
-    rows, columns = padded.shape[-2] // region, padded.shape[-1] // region
+    rows, columns = _region_grid(height, width, region)
+    padded = F.pad(maps, (0, columns * region - width, 0, rows * region - height))
     blocks = padded.reshape(batch, channels, rows, region, columns, region)
     return blocks.permute(2, 4, 0, 3, 5, 1).reshape(rows * columns, batch * region * region, channels)
 
 
 def _region_positions(rows: torch.Tensor, batch: int, height: int, width: int, region: int) -> torch.Tensor:
     """The inverse of :func:`region_rows` for one value per row: ``(R, B * region^2)`` -> ``(B, 1, h, w)``."""
-    grid_rows, grid_columns = -(-height // region), -(-width // region)
+    grid_rows, grid_columns = _region_grid(height, width, region)
     blocks = rows.reshape(grid_rows, grid_columns, batch, region, region).permute(2, 0, 3, 1, 4)
     return blocks.reshape(batch, 1, grid_rows * region, grid_columns * region)[:, :, :height, :width]
 

@@ -172,9 +172,14 @@ class FeatureRidgeModel(nn.Module):
         self._register_per_position_heads(in_channels, out_channels)
         self.blur = gaussian_blur_or_none(sigma)
 
+    @property
+    def uses_neighbourhood_sums(self) -> bool:
+        """Whether the head is solved from the 3x3-neighbourhood Ridge sums (all but the local head)."""
+        return self.head != "local"
+
     def _new_pending(self) -> NeighbourhoodMoments | None:
-        """Empty neighbourhood sums for a fit; ``None`` for the local head, whose map does not read them."""
-        return None if self.head == "local" else NeighbourhoodMoments(FIT_PRECISIONS[self.fit_precision])
+        """Empty neighbourhood sums for a fit; ``None`` for a head that does not read them."""
+        return NeighbourhoodMoments(FIT_PRECISIONS[self.fit_precision]) if self.uses_neighbourhood_sums else None
 
     def _new_position_statistics(self) -> PositionStatistics | LocalStatistics | None:
         """Empty per-position statistics of the head; ``None`` for the paper head, which has none."""
@@ -247,8 +252,7 @@ class FeatureRidgeModel(nn.Module):
     @property
     def has_pending(self) -> bool:
         """True when images were accumulated since the last fit (the fit in progress has rows to commit)."""
-        pending = self.pending if self.pending is not None else self._positions_pending
-        return pending is not None and not pending.is_empty
+        return any(pending is not None and not pending.is_empty for pending in (self.pending, self._positions_pending))
 
     def discard_pending(self) -> bool:
         """Forget the rows accumulated since the last fit (an unfinished fit); True if there were any."""
@@ -259,11 +263,11 @@ class FeatureRidgeModel(nn.Module):
 
     def fit_statistics(self) -> RidgeStatistics | LocalStatistics:
         """The statistics the head is solved from: the neighbourhood sums, or the local head's own sums."""
-        return self.positions if self.head == "local" else self.statistics
+        return self.statistics if self.uses_neighbourhood_sums else self.positions
 
     def describe_fit(self) -> str:
         """How much the fit's statistics hold, for logs: feature vectors, or images for the local head."""
-        unit = "images" if self.head == "local" else "feature vectors"
+        unit = "feature vectors" if self.uses_neighbourhood_sums else "images"
         return f"{int(self.fit_statistics().count)} {unit}"
 
     def refuse_distributed_fit_of_head(self) -> None:
