@@ -29,10 +29,10 @@ TOLERANCE = 1e-4
 EXACT_OPENVINO = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def _train_and_export(synthetic_root: Path, workdir: Path, head: str) -> dict:
+def _train_and_export(synthetic_root: Path, workdir: Path, head: str, **options: object) -> dict:
     torch.manual_seed(0)
     model = FeatureRidge(
-        backbone=SMALL_BACKBONE, layers=list(SMALL_LAYERS), pre_trained=False, head=head, visualizer=False
+        backbone=SMALL_BACKBONE, layers=list(SMALL_LAYERS), pre_trained=False, head=head, visualizer=False, **options
     )
     datamodule = MVTecAD(
         root=synthetic_root, category="synthetic", train_batch_size=4, eval_batch_size=8, num_workers=0
@@ -65,8 +65,9 @@ def exported_gaussian(synthetic_root: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def exported_local(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same with the opt-in local head: per-position and per-region tensors, gathered in the graph."""
-    return _train_and_export(synthetic_root, tmp_path_factory.mktemp("export_local"), "local")
+    """The same with the opt-in local head on averaged features (``pool=3``): per-position and per-region
+    tensors, gathered in the graph, after an average pooling that leaves the padding out."""
+    return _train_and_export(synthetic_root, tmp_path_factory.mktemp("export_local"), "local", pool=3)
 
 
 def _reference(model: FeatureRidge, image_paths: list[Path]) -> dict[str, np.ndarray]:

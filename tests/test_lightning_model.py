@@ -270,6 +270,7 @@ def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
     assert restored.model.head == "paper"
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
+    assert restored.model.pool == 1, "a checkpoint from before the pool option averaged no features"
     # The paper head does not read region, so a region given with it is no conflict.
     with_region = FeatureRidge.load_from_checkpoint(path, region=3).eval()
     torch.testing.assert_close(with_region.model(images).anomaly_map, restored.model(images).anomaly_map)
@@ -295,3 +296,18 @@ def test_per_position_checkpoint_gives_its_head_to_a_default_model_and_refuses_a
             _model(head=head, region=3).on_load_checkpoint(checkpoint)
     else:
         _model(head=head, region=3).on_load_checkpoint(checkpoint)  # only the local head reads region
+    with pytest.raises(ValueError, match=r"trained with .*pool=1.*configured with .*pool=3.*--model\.pool"):
+        _model(head=head, pool=3).on_load_checkpoint(checkpoint)
+
+
+def test_pooled_checkpoint_scores_with_its_pool_when_loaded_with_the_defaults(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    model, engine = _model(head="local", pool=3), _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(synthetic_root))
+    path = tmp_path / "model.ckpt"
+    engine.trainer.save_checkpoint(path)
+    restored = FeatureRidge.load_from_checkpoint(path).eval()
+    assert restored.model.pool == 3
+    images = torch.rand(1, 3, 256, 256)
+    torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)

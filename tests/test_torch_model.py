@@ -7,6 +7,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_featureridge.components.filters import SeparableGaussianBlur
 from anomalib_featureridge.models.feature_ridge.torch_model import (
+    average_neighbours,
     neighbourhood_features,
     upsample_to,
 )
@@ -33,6 +34,28 @@ def test_neighbourhood_concatenation_shape_and_layout() -> None:
 def test_upsampling_to_the_shallow_grid() -> None:
     deep, shallow = torch.randn(2, 7, 4, 4), torch.randn(2, 3, 8, 8)
     assert upsample_to(deep, shallow).shape == (2, 7, 8, 8)
+
+
+def test_neighbour_average_is_the_mean_over_the_positions_inside_the_map() -> None:
+    features = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    averaged = average_neighbours(features, 3)
+    expected = torch.empty_like(features)
+    for row in range(5):
+        for column in range(6):
+            window = features[:, :, max(row - 1, 0) : row + 2, max(column - 1, 0) : column + 2]
+            expected[:, :, row, column] = window.mean(dim=(-2, -1))
+    torch.testing.assert_close(averaged, expected)
+
+
+@pytest.mark.parametrize("head", ["paper", "gaussian", "local"])
+def test_pool_averages_both_maps_before_every_head(head: str) -> None:
+    images = torch.rand(2, 3, 64, 64)
+    plain, pooled = small_model(head=head), small_model(head=head, pool=3)
+    for raw, averaged in zip(plain.backbone_maps(images), pooled.backbone_maps(images), strict=True):
+        torch.testing.assert_close(averaged, average_neighbours(raw, 3))
+    pooled.update(_normal_images(6, seed=1))
+    plain.update(_normal_images(6, seed=1))
+    assert not torch.allclose(pooled(images).anomaly_map, plain(images).anomaly_map)
 
 
 def test_feature_maps_align() -> None:
@@ -199,6 +222,9 @@ def test_backbone_stays_in_eval_mode_while_training() -> None:
         ({"sigma": float("inf")}, "sigma must be >= 0 and finite"),
         ({"layers": ("layer2", "layer2")}, "two different layers.*'layer2' twice"),
         ({"rank": 2.5}, r"rank must be between 1 and 255.*got 2.5"),
+        ({"pool": 2}, r"pool must be an odd whole number .* got 2"),
+        ({"pool": 0}, r"pool must be an odd whole number .* got 0"),
+        ({"pool": True}, r"pool must be an odd whole number .* got True"),
         ({"fit_precision": "bfloat16"}, r"fit_precision must be one of \('float64', 'float32'\), got 'bfloat16'"),
     ],
 )

@@ -64,6 +64,7 @@ SETTING_LABELS = {
     "coreset_sampling_ratio": "coreset",
     "rank": "rank",
     "head": "head",
+    "pool": "pool",
     "fit_precision": "fit",
     "defect_kinds": "kinds",
     "loss": "loss",

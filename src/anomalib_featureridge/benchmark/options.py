@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="FeatureRidge head (its default)",
     )
     parser.add_argument(
+        "--feature-ridge-pool",
+        type=int,
+        default=None,
+        help="FeatureRidge's mean over pool x pool feature positions before the head (its default: 1, none)",
+    )
+    parser.add_argument(
         "--feature-ridge-fit-precision",
         choices=["float64", "float32"],
         default=None,

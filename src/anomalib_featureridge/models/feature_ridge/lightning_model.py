@@ -50,7 +50,7 @@ __all__ = ["FeatureRidge"]
 
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
-SCORING_SETTINGS = ("backbone", "layers", "head", "region", "rank", "alpha", "sigma", "keep_statistics")
+SCORING_SETTINGS = ("backbone", "layers", "head", "region", "pool", "rank", "alpha", "sigma", "keep_statistics")
 
 
 class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
@@ -78,6 +78,9 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             and a Ridge map from them to the deep ones per block of positions; the same limits as
             ``"gaussian"`` (docs/method.md). A checkpoint from before this option has the paper's head.
         region: Side, in feature positions, of the blocks that share one map in the ``local`` head.
+        pool: Side (odd) of the mean over neighbouring feature positions taken of both maps before the
+            head; ``1`` (default) takes none. Better on large, faint defects, worse on small ones
+            (docs/method.md).
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.
@@ -99,6 +102,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         keep_statistics: bool = True,
         head: str = "paper",
         region: int = 2,
+        pool: int = 1,
         fit_precision: str = "float64",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -124,6 +128,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             keep_statistics=keep_statistics,
             head=head,
             region=region,
+            pool=pool,
             fit_precision=fit_precision,
         )
         # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
@@ -150,6 +155,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             "layers": list(self.model.layers),
             "head": self.model.head,
             "region": self.model.region,
+            "pool": self.model.pool,
             "rank": self.model.rank,
             "alpha": float(self.model.alpha),
             "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
@@ -162,7 +168,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         recorded = checkpoint.get(TRAINED_WITH_KEY, {})
         # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
         # the recorded ones lack predates its option: a full map (rank) and the paper's head.
-        before_option = {"rank": None, "head": "paper", "region": _DEFAULTS["region"]}
+        before_option = {"rank": None, "head": "paper", "region": _DEFAULTS["region"], "pool": 1}
         saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
         trained = {
             key: recorded.get(key, before_option[key]) if key in before_option else saved.get(key, _DEFAULTS[key])

@@ -64,13 +64,22 @@ def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
     return unfolded.reshape(batch, channels * NEIGHBOURHOOD**2, height, width)
 
 
+def average_neighbours(features: torch.Tensor, size: int) -> torch.Tensor:
+    """Each position's mean over its ``size x size`` neighbours (stride 1), taken over the positions inside the map.
+
+    Padding is not counted: zero padding would pull the border positions towards zero, which the
+    per-position heads then read as abnormal borders (docs/method.md has the measurement).
+    """
+    return F.avg_pool2d(features, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
 def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Bilinearly resize ``features`` to ``reference``'s spatial grid."""
     return F.interpolate(features, size=reference.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _check_head_settings(head: str, rank: int | None, region: int, fit_precision: str) -> None:
-    """Refuse a head, rank, region or fit precision the model does not have, naming the valid ones."""
+def _check_head_settings(head: str, rank: int | None, region: int, pool: int, fit_precision: str) -> None:
+    """Refuse a head, rank, region, pool or fit precision the model does not have, naming the valid ones."""
     if head not in HEADS:
         msg = f"head must be one of {HEADS}, got {head!r}."
         raise ValueError(msg)
@@ -82,6 +91,9 @@ def _check_head_settings(head: str, rank: int | None, region: int, fit_precision
         raise ValueError(msg)
     if isinstance(region, bool) or not isinstance(region, int) or region < 1:
         msg = f"region must be a whole number of feature positions >= 1, got {region!r}."
+        raise ValueError(msg)
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or pool % 2 == 0:
+        msg = f"pool must be an odd whole number of feature positions >= 1 (1 switches it off), got {pool!r}."
         raise ValueError(msg)
 
 
@@ -106,6 +118,9 @@ class FeatureRidgeModel(nn.Module):
             position and a Ridge map from them to the deep ones per ``region x region`` block, score
             the Mahalanobis distance (``local.py``); one input size and one device, like ``"gaussian"``.
         region: Side of the blocks of feature positions that share one map in the ``local`` head.
+        pool: Side (odd) of the mean over neighbouring positions taken of each feature map on its own grid
+            before any head reads it (Patchcore's locally aware features); ``1`` (default) takes none. It
+            widens what one position sees: better on large, faint defects, worse on small ones.
         fit_precision: ``"float64"`` (default): the fit's products in float64, exact to float64 rounding.
             ``"float32"``: each batch's products in float32, summed in float64: a faster fit (most on
             GPUs with slow float64) whose map differs from the float64 one by float32 rounding.
@@ -123,6 +138,7 @@ class FeatureRidgeModel(nn.Module):
         keep_statistics: bool = True,
         head: str = "paper",
         region: int = 2,
+        pool: int = 1,
         fit_precision: str = "float64",
     ) -> None:
         super().__init__()
@@ -136,9 +152,10 @@ class FeatureRidgeModel(nn.Module):
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             msg = f"sigma must be >= 0 and finite (0 switches smoothing off), got {sigma!r}."
             raise ValueError(msg)
-        _check_head_settings(head, rank, region, fit_precision)
+        _check_head_settings(head, rank, region, pool, fit_precision)
         self.head = head
         self.region = region
+        self.pool = pool
         self.backbone = backbone
         self.layers = layers
         self.alpha = check_alpha(alpha)
@@ -222,7 +239,7 @@ class FeatureRidgeModel(nn.Module):
         return shallow, upsample_to(deep, shallow)
 
     def backbone_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the shallow and the deep map, each on its own grid."""
+        """Return the shallow and the deep map, each on its own grid (averaged over ``pool`` neighbours)."""
         if images.ndim != 4 or images.shape[1] not in {1, 3}:
             msg = f"Expected images of shape (B, 3, H, W) (or (B, 1, H, W) grayscale), got {tuple(images.shape)}."
             raise ValueError(msg)
@@ -230,6 +247,8 @@ class FeatureRidgeModel(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         with torch.no_grad():
             shallow, deep = self.feature_extractor(images)
+            if self.pool > 1:
+                shallow, deep = average_neighbours(shallow, self.pool), average_neighbours(deep, self.pool)
         return shallow, deep
 
     @torch.no_grad()
