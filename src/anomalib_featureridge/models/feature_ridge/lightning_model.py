@@ -167,7 +167,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """The checkpoint's scoring settings; older checkpoints keep some only in the hyper-parameters."""
         recorded = checkpoint.get(TRAINED_WITH_KEY, {})
         # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
-        # the recorded ones lack predates its option: a full map (rank) and the paper's head.
+        # the recorded ones lack predates its option: a full map (rank), the paper's head, no averaging (pool).
         before_option = {"rank": None, "head": "paper", "region": _DEFAULTS["region"], "pool": 1}
         saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
         trained = {
