@@ -78,7 +78,7 @@ def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
     return F.interpolate(features, size=reference.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _check_head_settings(head: str, rank: int | None, region: int, pool: int, fit_precision: str) -> None:
+def _check_settings(head: str, rank: int | None, region: int, pool: int, fit_precision: str) -> None:
     """Refuse a head, rank, region, pool or fit precision the model does not have, naming the valid ones."""
     if head not in HEADS:
         msg = f"head must be one of {HEADS}, got {head!r}."
@@ -152,7 +152,7 @@ class FeatureRidgeModel(nn.Module):
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             msg = f"sigma must be >= 0 and finite (0 switches smoothing off), got {sigma!r}."
             raise ValueError(msg)
-        _check_head_settings(head, rank, region, pool, fit_precision)
+        _check_settings(head, rank, region, pool, fit_precision)
         self.head = head
         self.region = region
         self.pool = pool
