@@ -17,6 +17,9 @@ The default ``head="paper"`` is the paper's log squared error. The opt-in ``head
 centres the regression per position, scores the residual by its Mahalanobis norm and adds how
 typical the shallow features are (a Gaussian with a mean per position and a shared covariance);
 it only scores images of the training size. Both are convolutions after the backbone (docs/method.md).
+
+``pool`` (off by default) averages both maps over neighbouring positions before any head, so every
+head, its fit and its exports read the same averaged maps: better on large, faint defects.
 """
 
 from __future__ import annotations
