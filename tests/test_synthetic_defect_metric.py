@@ -218,6 +218,18 @@ def test_defect_batches_refuse_bad_input() -> None:
         add_defects_to_batch(torch.rand(1, 3, 64, 64), ["scratch"], rng)
 
 
+def test_defect_batches_accept_a_resize_overshoot_and_clip_it() -> None:
+    # An antialiased resize of a uint8 image can land a rounding error above 1 (magnetic_tile did).
+    images = torch.rand(2, 3, 64, 64)
+    images[0, 0, 0, 0], images[1, 0, 0, 0] = 1.0 + 1e-6, -0.02
+    defective, masks = add_defects_to_batch(images, [None, "line"], np.random.default_rng(0))
+    assert float(defective.min()) >= 0.0
+    assert float(defective.max()) <= 1.0
+    assert float(defective[0, 0, 0, 0]) == 1.0
+    assert not masks[0].any()
+    assert masks[1].any()
+
+
 def test_no_object_region_falls_back_to_the_whole_image_with_a_warning() -> None:
     image = np.full((64, 64, 3), 120, dtype=np.uint8)
     finder = ObjectRegionFinder.from_images([image, image])

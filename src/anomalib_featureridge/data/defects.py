@@ -45,6 +45,9 @@ _ATTEMPTS = 20
 _MIN_CHANGE = 6
 # Below this the defaults give strokes and discs as large as the image (a distortion needs a 3-pixel radius).
 MIN_IMAGE_SIDE = 32
+# How far outside [0, 1] a resized image may stray: a resize rounds (bilinear, by 1e-7) or overshoots
+# edges (bicubic, by a few hundredths), while normalised images reach about -2 and +2.
+_RESAMPLING_SLACK = 0.1
 
 
 def _as_float(image: np.ndarray) -> np.ndarray:
@@ -316,7 +319,8 @@ def add_defects_to_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw defect ``kinds[i]`` on image ``i`` of a torch batch, for training on defects made on the fly.
 
-    ``images`` is ``(B, C, H, W)`` with values in [0, 1] (before normalisation). Every image,
+    ``images`` is ``(B, C, H, W)`` with values in [0, 1] (before normalisation; a resize's slight
+    overshoot is clipped). Every image,
     defective or not, is rounded to 8 bits as the generator works on ``uint8``; ``None`` leaves
     an image otherwise unchanged, so good and defective samples differ only by the defect.
     When a defect cannot be made inside the object (too flat there) it is retried on the whole
@@ -329,7 +333,7 @@ def add_defects_to_batch(
     if images.ndim != 4 or len(kinds) != images.shape[0]:
         msg = f"Expected a (B, C, H, W) batch and one kind per image, got {tuple(images.shape)} and {len(kinds)}."
         raise ValueError(msg)
-    if float(images.min()) < 0.0 or float(images.max()) > 1.0:
+    if float(images.min()) < -_RESAMPLING_SLACK or float(images.max()) > 1.0 + _RESAMPLING_SLACK:
         msg = (
             f"Synthetic defects are drawn on images with values in [0, 1], got [{float(images.min()):.3g}, "
             f"{float(images.max()):.3g}]: the images were normalised before the defects (normalise after them)."
