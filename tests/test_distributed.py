@@ -1,4 +1,4 @@
-"""A FeatureRidge fit on two CPU processes (Lightning ddp_spawn, gloo) equals a one-process fit.
+"""A FeatureRidge fit on two CPU processes (Lightning ddp_spawn, gloo) equals a one-process fit, for every head.
 
 The training and the test set have odd sizes, so Lightning's DistributedSampler repeats an image
 at the end of one shard, and the evaluation batch size makes one shard's last batch a lone
@@ -33,9 +33,10 @@ def _evaluator() -> Evaluator:
     return Evaluator(val_metrics=metrics, test_metrics=[metric.clone() for metric in metrics])
 
 
-def _model() -> FeatureRidge:
+def _model(head: str = "paper") -> FeatureRidge:
     torch.manual_seed(0)
     return FeatureRidge(
+        head=head,
         backbone=SMALL_BACKBONE,
         layers=list(SMALL_LAYERS),
         pre_trained=False,
@@ -62,8 +63,8 @@ def _datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=eval_batch, num_workers=0)
 
 
-def _fit(root: Path, workdir: Path, devices: int) -> tuple[FeatureRidge, Engine]:
-    model = _model()
+def _fit(root: Path, workdir: Path, devices: int, head: str = "paper") -> tuple[FeatureRidge, Engine]:
+    model = _model(head)
     strategy = "ddp_spawn" if devices > 1 else "auto"
     engine = Engine(
         default_root_dir=workdir,
@@ -114,3 +115,20 @@ def test_two_processes_fit_the_same_model_as_one(odd_root: Path, tmp_path: Path)
     assert float(restored.model.statistics.count) == float(refit.statistics.count)
     for got, expected in zip(restored.model.statistics.solve(1.0), refit.statistics.solve(1.0), strict=True):
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("head", ["local", "gaussian"])
+def test_two_processes_fit_the_per_position_heads_as_one(odd_root: Path, tmp_path: Path, head: str) -> None:
+    single, single_engine = _fit(odd_root, tmp_path / "one", devices=1, head=head)
+    double, double_engine = _fit(odd_root, tmp_path / "two", devices=2, head=head)
+    # Counted in images: the sampler's repeat is left out of the per-position sums too.
+    assert float(double.model.positions.count) == float(single.model.positions.count) == TRAIN_IMAGES
+    for name in single.model.positions.SUMS:
+        expected = getattr(single.model.positions, name)
+        torch.testing.assert_close(getattr(double.model.positions, name), expected, rtol=1e-12, atol=1e-9)
+    images = torch.rand(2, 3, *IMAGE_SIZE)
+    single.eval(), double.eval()
+    torch.testing.assert_close(double.model(images).anomaly_map, single.model(images).anomaly_map, rtol=1e-5, atol=1e-5)
+    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        got, expected = double_engine.trainer.callback_metrics[metric], single_engine.trainer.callback_metrics[metric]
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

@@ -94,7 +94,7 @@ def test_local_head_equals_the_dense_reference(region: int) -> None:
     torch.testing.assert_close(model.patch_scores(test).double(), expected, rtol=1e-3, atol=1e-3)
 
 
-def test_local_head_refuses_another_input_size_rank_and_a_distributed_fit() -> None:
+def test_local_head_refuses_another_input_size_and_rank() -> None:
     model = small_model(head="local")
     model.update(_normal_images(2))
     with pytest.raises(ValueError, match=r"local head was fitted on a .* training size"):
@@ -103,8 +103,6 @@ def test_local_head_refuses_another_input_size_rank_and_a_distributed_fit() -> N
         model.update(torch.rand(1, 3, 96, 96))
     with pytest.raises(ValueError, match=r"rank is only available with head='paper' \(the local head"):
         small_model(head="local", rank=8)
-    with pytest.raises(ValueError, match=r"only head='paper'.*--model\.head local on one device"):
-        model.refuse_distributed_fit_of_head()
 
 
 @pytest.mark.parametrize("region", [0, 1.5, True])

@@ -164,14 +164,6 @@ def test_gaussian_head_discarded_rows_are_never_counted_and_never_saved() -> Non
     torch.testing.assert_close(model.patch_scores(test), reference.patch_scores(test), rtol=0, atol=0)
 
 
-def test_gaussian_head_refuses_a_distributed_fit() -> None:
-    model = small_model(head="gaussian")
-    model.accumulate(_normal_images(2))
-    with pytest.raises(ValueError, match=r"only head='paper'.*--model\.head gaussian on one device"):
-        model.fit(reduce=lambda moments, distinct: (moments, distinct))
-    assert not bool(model.fitted)
-
-
 def test_gaussian_head_refused_update_leaves_nothing_pending() -> None:
     model = small_model(head="gaussian", keep_statistics=True)
     model.update(_normal_images(3))

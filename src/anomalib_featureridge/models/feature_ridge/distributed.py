@@ -10,7 +10,8 @@ device would. Two things stand in the way, and are handled here:
   tail of a shard: the sampler appends it to the global index list before dealing it out.
 - ``DistributedDataParallel`` refuses a module without trainable parameters, and there are no
   gradients to average anyway: the processes only need the same weights at the start
-  (:func:`synchronise`) and the all-reduce at the end (:func:`all_reduce`).
+  (:func:`synchronise`) and the all-reduce at the end (:class:`AllReduce`: the neighbourhood
+  sums of the paper and gaussian heads, the per-position sums of the gaussian and local heads).
 
 A third thing is anomalib's, not Lightning's: its Engine creates a new versioned output folder
 in every process, so with Lightning's ``ddp`` launcher (which starts the other processes by
@@ -21,6 +22,8 @@ write into rank 0's folder and removes the empty ones the others made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from torch.utils.data import DistributedSampler
 from anomalib_featureridge.components.run_folders import discard_if_empty, is_version_folder, point_latest
 
 from .ridge import RidgeMoments
+from .sums import MapSums
 
 
 def world_size() -> int:
@@ -85,8 +89,41 @@ def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:
         raise ValueError(msg)
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
-            if not name.startswith("statistics.") and tensor.numel():
+            if not name.startswith(("statistics.", "positions.")) and tensor.numel():
                 dist.broadcast(tensor, src=0)
+
+
+def _agreed_shape(shape: object, mismatch: Callable[[int, object, int, object], str]) -> object:
+    """The statistics' shape every process that saw images agrees on; refuse no images anywhere, or two shapes.
+
+    ``shape`` is this process's (``None`` when it saw no image); ``mismatch`` words the error for two
+    ranks and their shapes.
+    """
+    shapes = {rank: other for rank, other in enumerate(_gather(shape)) if other is not None}
+    if not shapes:
+        msg = "No process of this distributed fit saw a training image: the training set is empty."
+        raise ValueError(msg)
+    (first, first_shape), *others = shapes.items()
+    for rank, other in others:
+        if other != first_shape:
+            raise ValueError(mismatch(first, first_shape, rank, other))
+    return first_shape
+
+
+def _ridge_mismatch(first: int, first_shape: object, rank: int, shape: object) -> str:
+    (inputs, targets), (other_inputs, other_targets) = first_shape, shape
+    return (
+        f"The processes' statistics differ in size: rank {first} has {inputs} inputs and {targets} targets, "
+        f"rank {rank} has {other_inputs} and {other_targets}. Every process must use the same backbone and layers."
+    )
+
+
+def _map_mismatch(first: int, first_shape: object, rank: int, shape: object) -> str:
+    return (
+        f"The processes' per-position statistics differ in size: rank {first} has shallow maps of shape "
+        f"{first_shape[0]}, rank {rank} {shape[0]}. Every process must use the same backbone, layers and input "
+        "size (the pre-processor's resize)."
+    )
 
 
 def all_reduce(
@@ -97,22 +134,8 @@ def all_reduce(
     A process that saw no image contributes zeros. Statistics of different sizes (processes
     running different backbones or layers) are refused, naming two of them.
     """
-    shapes = _gather(None if moments is None else tuple(moments.xty.shape))
-    sizes = {rank: shape for rank, shape in enumerate(shapes) if shape is not None}
-    if not sizes:
-        msg = "No process of this distributed fit saw a training image: the training set is empty."
-        raise ValueError(msg)
-    (first, first_shape), *others = sizes.items()
-    for rank, shape in others:
-        if shape != first_shape:
-            msg = (
-                f"The processes' statistics differ in size: rank {first} has {first_shape[0]} inputs and "
-                f"{first_shape[1]} targets, rank {rank} has {shape[0]} and {shape[1]}. Every process must use "
-                "the same backbone and layers."
-            )
-            raise ValueError(msg)
+    inputs, targets = _agreed_shape(None if moments is None else tuple(moments.xty.shape), _ridge_mismatch)
     if moments is None:
-        inputs, targets = first_shape
         zeros = (
             torch.zeros((), dtype=torch.float64, device=device),
             torch.zeros(inputs, dtype=torch.float64, device=device),
@@ -127,3 +150,36 @@ def all_reduce(
     for fingerprints in _gather(sorted(distinct)):
         joined.update(fingerprints)
     return moments, joined
+
+
+def all_reduce_sums(sums: MapSums | None, empty: MapSums, device: torch.device) -> MapSums:
+    """Sum every process's per-position statistics (the gaussian and local heads') in float64.
+
+    ``empty`` is a new, empty set with the head's settings; a process that saw no image
+    contributes its zeros. Maps of different sizes (another backbone, layers or input size) are
+    refused, naming two ranks.
+    """
+    own = None if sums is None or not sums.is_sized else [tuple(getattr(sums, name).shape) for name in sums.SUMS]
+    shapes = _agreed_shape(own, _map_mismatch)
+    if own is None:
+        sums = empty.to(device)
+        for name, shape in zip(sums.SUMS, shapes, strict=True):
+            setattr(sums, name, torch.zeros(shape, dtype=torch.float64, device=device))
+    for tensor in (sums.count, *(getattr(sums, name) for name in sums.SUMS)):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return sums
+
+
+@dataclass(frozen=True)
+class AllReduce:
+    """The cross-process sums of a distributed fit on ``device``, as :meth:`FeatureRidgeModel.fit` takes them."""
+
+    device: torch.device
+
+    def moments(self, moments: RidgeMoments | None, distinct: set[float]) -> tuple[RidgeMoments | None, set[float]]:
+        """The neighbourhood Ridge sums and row fingerprints of every process."""
+        return all_reduce(moments, distinct, self.device)
+
+    def sums(self, sums: MapSums | None, empty: MapSums) -> MapSums:
+        """The per-position sums of every process."""
+        return all_reduce_sums(sums, empty, self.device)

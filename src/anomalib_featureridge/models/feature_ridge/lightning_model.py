@@ -205,7 +205,6 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def _setup_distributed(self, stage: str) -> None:
         """Data-parallel fits run on DDP without its gradient wrapper: same weights at the start, one all-reduce."""
         strategy = self.trainer.strategy
-        self.model.refuse_distributed_fit_of_head()
         if not isinstance(strategy, DDPStrategy):
             msg = (
                 f"FeatureRidge fits on several devices with Lightning's DDP strategies (ddp, ddp_spawn, torchrun, "
@@ -320,7 +319,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """
         if self._trainer is None or self._trainer.state.fn != TrainerFn.FITTING:
             self.model.discard_pending()
-        reduce = partial(distributed.all_reduce, device=self.device) if distributed.world_size() > 1 else None
+        reduce = distributed.AllReduce(self.device) if distributed.world_size() > 1 else None
         self.model.fit(reduce)
         logger.info("Solved the %s head from %s.", self.model.head, self.model.describe_fit())
 

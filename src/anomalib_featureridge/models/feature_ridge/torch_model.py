@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from anomalib.data import InferenceBatch
@@ -41,9 +42,18 @@ from .local import LocalStatistics, local_scores, pack_lower, solve_local_head, 
 from .neighbourhood import NeighbourhoodMoments
 from .positions import PositionStatistics, solve_gaussian_head
 from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank, refuse_non_finite
+from .sums import MapSums
 
-# Combines one process's pending statistics and row fingerprints with the other processes' ones.
-Reduction = Callable[[RidgeMoments | None, set[float]], tuple[RidgeMoments | None, set[float]]]
+
+class Reduction(Protocol):
+    """Combines one process's pending statistics with the other processes' ones (a distributed fit)."""
+
+    def moments(self, moments: RidgeMoments | None, distinct: set[float]) -> tuple[RidgeMoments | None, set[float]]:
+        """Every process's neighbourhood sums and row fingerprints."""
+
+    def sums(self, sums: MapSums | None, empty: MapSums) -> MapSums:
+        """Every process's per-position sums; ``empty`` is a new set with the head's settings."""
+
 
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
@@ -292,33 +302,23 @@ class FeatureRidgeModel(nn.Module):
         unit = "feature vectors" if self.uses_neighbourhood_sums else "images"
         return f"{int(self.fit_statistics().count)} {unit}"
 
-    def refuse_distributed_fit_of_head(self) -> None:
-        """Only the paper head's statistics are reduced across processes: refuse any other head there."""
-        if self.positions is not None:
-            msg = (
-                f"A distributed fit supports only head='paper' (the per-position statistics of head={self.head!r} "
-                f"are not reduced across processes); fit --model.head {self.head} on one device "
-                "(--trainer.devices 1), or use --model.head paper."
-            )
-            raise ValueError(msg)
-
     @torch.no_grad()
     def fit(self, reduce: Reduction | None = None) -> None:
         """Add the pending rows to the statistics and solve the map, all or nothing.
 
-        ``reduce`` combines the pending rows with other processes' (a distributed fit; the paper
-        head only). The statistics, the map and ``fitted`` change only when the solve succeeds; the
-        pending rows are used up either way, so a failed fit is never counted twice.
+        ``reduce`` combines the pending rows with other processes' (a distributed fit). The
+        statistics, the map and ``fitted`` change only when the solve succeeds; the pending rows are
+        used up either way, so a failed fit is never counted twice.
         """
         pending, self.pending = self.pending, self._new_pending()
         pending_positions = self._positions_pending
         self.__dict__["_positions_pending"] = None
-        if reduce is not None:
-            self.refuse_distributed_fit_of_head()
         moments = None if pending is None or pending.is_empty else pending.moments()
         distinct = set() if pending is None else pending.distinct
-        if reduce is not None:
-            moments, distinct = reduce(moments, distinct)
+        if reduce is not None and self.uses_neighbourhood_sums:
+            moments, distinct = reduce.moments(moments, distinct)
+        if reduce is not None and self.positions is not None:
+            pending_positions = reduce.sums(pending_positions, self._new_position_statistics())
         statistics = self.statistics if moments is None else self.statistics.combined_with(moments)
         if self.statistics.is_empty and moments is not None:
             self._warn_if_degenerate(float(moments.count), len(distinct))
