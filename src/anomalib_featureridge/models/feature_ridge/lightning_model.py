@@ -73,7 +73,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         head: ``"paper"`` (default): the paper's log squared error, for images of any size.
             ``"gaussian"`` (opt-in, ``--model.head gaussian``): the regression centred per position,
             its residual scored by the Mahalanobis norm plus how typical the shallow features are;
-            it scores only images of the training size and fits on one device (docs/method.md).
+            it scores only images of the training size (docs/method.md).
             ``"local"`` (opt-in, ``--model.head local``): a Gaussian of the shallow features per position
             and a Ridge map from them to the deep ones per block of positions; the same limits as
             ``"gaussian"`` (docs/method.md). A checkpoint from before this option has the paper's head.
