@@ -149,14 +149,48 @@ def test_fit_time_stops_at_the_end_of_the_fit_step_and_counts_it_once():
 
     model = MemoryBankLike()
     timer = measurement.FitTimer(model)
-    timer.on_train_epoch_start(None, model)
+    timer.on_train_start(None, model)
     time.sleep(0.05)  # the training epoch: feature extraction
     timer.on_validation_start(None, model)  # callbacks run first: the fit has not happened yet
     model.fit()  # what MemoryBankMixin.on_validation_start does
     time.sleep(0.3)  # the validation pass
-    timer.on_train_epoch_end(None, model)
+    timer.on_train_end(None, model)
     assert 0.1 <= timer.seconds < 0.3
     assert "fit" not in vars(model)  # unwrapped again, so the model pickles for export
+
+
+def test_fit_time_counts_every_epoch_of_a_trained_model():
+    import time
+
+    class TrainedLike:  # SyntheticDefectMetric: several epochs, no fit step, one validation at the end
+        pass
+
+    model = TrainedLike()
+    timer = measurement.FitTimer(model)
+    timer.on_train_start(None, model)
+    for _ in range(3):
+        time.sleep(0.1)  # one epoch
+        timer.on_train_epoch_end(None, model)
+    timer.on_validation_start(None, model)
+    time.sleep(0.3)  # the validation pass
+    timer.on_train_end(None, model)
+    assert 0.3 <= timer.seconds < 0.6
+
+
+def test_fit_time_counts_a_fit_step_run_after_the_epoch_end_callbacks():
+    import time
+
+    class SolvesAtEpochEnd:  # FeatureRidge without a validation pass: it solves in its own epoch-end hook
+        def fit(self) -> None:
+            time.sleep(0.2)
+
+    model = SolvesAtEpochEnd()
+    timer = measurement.FitTimer(model)
+    timer.on_train_start(None, model)
+    timer.on_train_epoch_end(None, model)  # callbacks run before the model's hook
+    model.fit()
+    timer.on_train_end(None, model)
+    assert timer.seconds >= 0.2
 
 
 def folder_args(synthetic_root: Path, output: Path, *, masks: bool = True) -> list[str]:

@@ -2,8 +2,9 @@
 
 What a row holds is defined here (:data:`FIELDS`), beside the code that fills it:
 
-- fit time: the training epoch (feature extraction) plus the model's own ``fit`` (Ridge solve,
-  coreset selection, Gaussian estimation), without the validation pass (:class:`FitTimer`);
+- fit time: the training epochs (feature extraction, or every epoch of a trained model) plus the
+  model's own ``fit`` (Ridge solve, coreset selection, Gaussian estimation), without the
+  validation pass (:class:`FitTimer`);
 - inference time per image of the torch model alone on a batch of pre-processed test images, and
   of the backbone alone on the same batch, timed in alternation: the floor no head-based method
   can go below (anomalib's own extractors may run blocks past it, which the ratio then shows);
@@ -57,19 +58,21 @@ TIMING_BATCH = 32
 
 
 class FitTimer(Callback):
-    """Times from the start of the training epoch to the end of the model's own fit step.
+    """Times from the start of training (every epoch of it) to the end of the model's own fit step.
 
     Memory-bank models run ``fit`` when validation starts, which in Lightning happens inside the
     training epoch, before ``on_train_epoch_end``; so the clock stops when ``fit`` returns (or,
-    for a model without one, when validation starts), and neither the validation pass nor the
-    fit is counted twice. Memory is sampled over the same span.
+    for a model without one, when validation starts, or when training ends without one), and
+    neither the validation pass nor the fit is counted twice. A model trained for several epochs
+    (SyntheticDefectMetric) is timed over all of them, not only the last. Memory is sampled over
+    the same span.
     """
 
     def __init__(self, model: AnomalibModule) -> None:
         self.seconds = 0.0
         self.memory = PeakMemory()
         self.peak_mib = 0.0
-        self._epoch_start = 0.0
+        self._start = 0.0
         self._running = False
         original_fit = getattr(model, "fit", None)
         if callable(original_fit):
@@ -84,14 +87,14 @@ class FitTimer(Callback):
     def _stop(self) -> None:
         if self._running:
             self._running = False
-            self.seconds = time.perf_counter() - self._epoch_start
+            self.seconds = time.perf_counter() - self._start
             self.peak_mib = self.memory.stop()
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the clock and the memory sampler."""
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the clock and the memory sampler, once for all epochs."""
         del trainer, pl_module
         self.memory.start()
-        self._epoch_start = time.perf_counter()
+        self._start = time.perf_counter()
         self._running = True
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -100,8 +103,12 @@ class FitTimer(Callback):
         if "fit" not in vars(pl_module):  # no fit step is waiting to run (none, or already done)
             self._stop()
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A model with neither a fit step nor a validation pass is done here."""
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A model with neither a fit step nor a validation pass is done here.
+
+        Not at the end of an epoch: a fit step that runs in the model's own ``on_train_epoch_end``
+        comes after the callbacks' hook, and a model trained for several epochs is not done then.
+        """
         del trainer, pl_module
         self._stop()
 
