@@ -126,10 +126,10 @@ class FeatureRidgeModel(nn.Module):
         keep_statistics: Keep the sufficient statistics after fitting (needed by :meth:`update`).
         head: ``"paper"`` (default): the paper's ``log ||r||^2``. ``"gaussian"`` (opt-in): per-position
             centring, Mahalanobis residual plus shallow-feature typicality, score ``sqrt(d_res^2 + d_x^2)``;
-            it keeps a mean per position, so inputs must keep one size (the pre-processor's resize),
-            any number of devices fit it exactly. ``"local"`` (opt-in): a Gaussian of the shallow features per
-            position and a Ridge map from them to the deep ones per ``region x region`` block, score
-            the Mahalanobis distance (``local.py``); one input size, like ``"gaussian"``.
+            it keeps a mean per position, so inputs must keep one size (the pre-processor's resize).
+            ``"local"`` (opt-in): a Gaussian of the shallow features per position and a Ridge map from
+            them to the deep ones per ``region x region`` block, score the Mahalanobis distance
+            (``local.py``); one input size, like ``"gaussian"``.
         region: Side of the blocks of feature positions that share one map in the ``local`` head.
         pool: Side (odd) of the mean over neighbouring positions taken of each feature map on its own grid
             before any head reads it (Patchcore's locally aware features); ``1`` (default) takes none. It
