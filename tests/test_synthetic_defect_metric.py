@@ -274,6 +274,92 @@ def test_training_decreases_the_loss_on_a_tiny_set() -> None:
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+# --- Grad-CAM ----------------------------------------------------------------------------------
+
+
+def _grad_cam_model(loss: str, grad_cam_layer: str | None) -> SyntheticDefectMetricModel:
+    torch.manual_seed(0)
+    model = SyntheticDefectMetricModel(
+        backbone=BACKBONE, pre_trained=False, loss=loss, anomaly_map="grad_cam", grad_cam_layer=grad_cam_layer
+    )
+    with torch.no_grad():
+        if hasattr(model.head, "bias"):
+            model.head.bias.normal_()
+    return model.double().eval()
+
+
+def test_grad_cam_at_the_embedding_layer_of_a_linear_head_is_its_relu_cam_without_bias() -> None:
+    """With logits ``W mean(A) + b`` the gradient is ``(W_k - W_good) / hw`` everywhere: Grad-CAM is CAM rescaled."""
+    model = _grad_cam_model("softmax", None)
+    images = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    features, grad_cam = model.grad_cam_maps(images)
+    cams = model.head.class_maps(features)
+    bias = model.head.bias
+    positions = features.shape[2] * features.shape[3]
+    expected = ((cams[:, 1:] - cams[:, :1] - (bias[1:] - bias[:1])[None, :, None, None]) / positions).clamp_min(0)
+    expected = F.interpolate(expected.amax(dim=1, keepdim=True), size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(grad_cam, expected)
+
+
+def test_grad_cam_at_a_shallower_layer_matches_finite_differences() -> None:
+    """Each channel's weight is the evidence's derivative when that channel moves by ``t`` at every position / hw."""
+    model = _grad_cam_model("arcface", "layer3")
+    images = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    _, grad_cam = model.grad_cam_maps(images)
+    weighed = model.feature_maps(images)[0].detach()
+    channels, positions = weighed.shape[1], weighed.shape[2] * weighed.shape[3]
+    shift = {"channel": 0, "step": 0.0}
+
+    def shifted(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        del module, inputs
+        output = output.clone()
+        output[:, shift["channel"]] += shift["step"]
+        return output
+
+    def evidence(channel: int, step: float) -> torch.Tensor:
+        shift.update(channel=channel, step=step)
+        logits = model.head.class_maps(model.features(images)).mean(dim=(2, 3))
+        return logits[0, 1:] - logits[0, :1]
+
+    handle = model.feature_extractor.layer3.register_forward_hook(shifted)
+    step = 1e-5
+    with torch.no_grad():
+        derivatives = torch.stack([(evidence(c, step) - evidence(c, -step)) / (2 * step) for c in range(channels)])
+    handle.remove()
+    weights = derivatives.T[:, :, None, None] / positions  # (defect classes, channels, 1, 1)
+    expected = (weights[None] * weighed[:, None]).sum(dim=2).clamp_min(0).amax(dim=1, keepdim=True)
+    expected = F.interpolate(expected, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(grad_cam, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_grad_cam_runs_inside_inference_mode_and_leaves_the_parameters_alone() -> None:
+    model = _grad_cam_model("adacos", "layer2").float()
+    model.bank.fit(torch.randn(5, model.head.weight.shape[1]))
+    images = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        output = model(images)
+    assert output.anomaly_map.shape == (2, 1, 64, 64)
+    assert bool((output.anomaly_map >= 0).all())
+    assert bool(output.anomaly_map.isfinite().all())
+    assert bool((output.anomaly_map > 0).any())
+    assert all(parameter.grad is None for parameter in model.parameters())
+    cam = SyntheticDefectMetricModel(backbone=BACKBONE, pre_trained=False, loss="adacos")
+    cam.load_state_dict(model.state_dict())  # the same weights: the map option adds no state
+    with torch.inference_mode():
+        torch.testing.assert_close(cam.eval()(images).pred_score, output.pred_score, msg="the map does not move scores")
+
+
+def test_grad_cam_settings_are_checked_and_its_export_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"Unknown anomaly_map 'gradcam'; choose from \('cam', 'grad_cam'\)"):
+        SyntheticDefectMetricModel(backbone=BACKBONE, pre_trained=False, anomaly_map="gradcam")
+    with pytest.raises(ValueError, match=r"grad_cam_layer 'layer4' must be the embedding layer 'layer3' or one before"):
+        SyntheticDefectMetricModel(backbone=BACKBONE, pre_trained=False, layer="layer3", grad_cam_layer="layer4")
+    model = tiny_model(anomaly_map="grad_cam")
+    model.model.bank.fit(torch.randn(5, model.model.head.weight.shape[1]))
+    with pytest.raises(RuntimeError, match=r"cannot be exported\. Export with anomaly_map='cam'"):
+        model.to_onnx(tmp_path)
+
+
 # --- training, checkpoints, exports ------------------------------------------------------------
 
 
@@ -319,6 +405,18 @@ def test_checkpoint_round_trip_gives_the_same_scores(trained: dict) -> None:
     reference, candidate = _pipeline(trained["model"], batch), _pipeline(restored, batch)
     for key in ("pred_score", "anomaly_map"):
         np.testing.assert_allclose(candidate[key], reference[key], atol=1e-6)
+
+
+def test_a_checkpoint_loads_with_grad_cam_maps_and_the_same_scores(trained: dict) -> None:
+    restored = SyntheticDefectMetric.load_from_checkpoint(
+        trained["checkpoint"], anomaly_map="grad_cam", grad_cam_layer="layer3"
+    ).eval()
+    batch = _batch(trained["images"])
+    with torch.inference_mode():
+        reference, candidate = trained["model"](batch), restored(batch)
+    torch.testing.assert_close(candidate.pred_score, reference.pred_score)
+    assert candidate.anomaly_map.shape == reference.anomaly_map.shape
+    assert not torch.allclose(candidate.anomaly_map, reference.anomaly_map), "a different map"
 
 
 @pytest.mark.parametrize("scorer", ["cosine", "lof"])

@@ -71,6 +71,8 @@ SETTING_LABELS = {
     "scorer": "scorer",
     "max_epochs": "epochs",
     "learning_rate": "lr",
+    "anomaly_map": "map",
+    "grad_cam_layer": "map_layer",
 }
 
 

@@ -109,6 +109,8 @@ def setup_from(args: argparse.Namespace) -> Setup:
             ("scorer", args.metric_scorer),
             ("max_epochs", args.metric_epochs),
             ("learning_rate", args.metric_lr),
+            ("anomaly_map", args.metric_map),
+            ("grad_cam_layer", args.metric_map_layer),
         ),
         clip_backbone=args.clip_backbone,
         clip_pretrained=args.clip_pretrained,

@@ -76,6 +76,10 @@ class SyntheticDefectMetric(ScoringModelMixin, PreparedExportMixin, AnomalibModu
         loss: ``softmax``, ``l2_softmax``, ``arcface`` or ``adacos`` (published defaults, see ``heads.py``).
         scorer: ``cosine`` (1 - max cosine similarity to the good embeddings) or ``lof``.
         n_neighbors: Neighbours of the LOF scorer (scikit-learn's default).
+        anomaly_map: ``cam`` (the class-activation map, exports) or ``grad_cam`` (an analysis
+            option: Grad-CAM, which needs autograd at inference and does not export).
+        grad_cam_layer: Layer whose activations Grad-CAM weighs (e.g. ``blocks.4``, stride 16);
+            ``None``: the embedding layer.
         max_embeddings: Keep at most this many good embeddings (a seeded random subset); ``None``
             keeps one per training image.
         max_epochs: Training epochs.
@@ -97,6 +101,8 @@ class SyntheticDefectMetric(ScoringModelMixin, PreparedExportMixin, AnomalibModu
         loss: str = "arcface",
         scorer: str = "cosine",
         n_neighbors: int = 20,
+        anomaly_map: str = "cam",
+        grad_cam_layer: str | None = None,
         max_embeddings: int | None = None,
         max_epochs: int = 10,
         learning_rate: float = 1e-4,
@@ -132,6 +138,8 @@ class SyntheticDefectMetric(ScoringModelMixin, PreparedExportMixin, AnomalibModu
             loss=loss,
             scorer=scorer,
             n_neighbors=n_neighbors,
+            anomaly_map=anomaly_map,
+            grad_cam_layer=grad_cam_layer,
         )
         self.scorer = scorer
         self.n_neighbors = n_neighbors
