@@ -400,7 +400,7 @@ def test_each_row_is_measured_from_the_same_seeded_random_state(synthetic_root, 
 def test_synthetic_defect_metric_gets_the_run_backbone_and_its_options():
     options = ["--defect-kinds", "line", "--metric-loss", "l2_softmax", "--metric-scorer", "lof"]
     options += ["--metric-epochs", "3", "--metric-lr", "0.001"]
-    options += ["--metric-map", "grad_cam", "--metric-map-layer", "layer3"]
+    options += ["--metric-map", "grad_cam", "--metric-map-layer", "layer3", "--metric-seed", "2"]
     args = parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
     setup = sweep.setup_from(args)
     model = construction.build_model("SyntheticDefectMetric", setup, floor_channels=0)
@@ -411,8 +411,10 @@ def test_synthetic_defect_metric_gets_the_run_backbone_and_its_options():
     assert model.learning_rate == 0.001
     assert type(model.model.head).__name__ == "L2SoftmaxHead"
     assert (model.model.anomaly_map, model.model.grad_cam_layer) == ("grad_cam", "layer3")
+    assert model.seed == 2
     settings = construction.settings_of("SyntheticDefectMetric", setup)
-    assert settings == "kinds=line loss=l2_softmax scorer=lof epochs=3 lr=0.001 map=grad_cam map_layer=layer3"
+    expected = "kinds=line loss=l2_softmax scorer=lof epochs=3 lr=0.001 map=grad_cam map_layer=layer3 seed=2"
+    assert settings == expected
     assert construction.settings_of("FeatureRidge", setup) == "", "the options are SyntheticDefectMetric's only"
 
 

@@ -73,6 +73,7 @@ SETTING_LABELS = {
     "learning_rate": "lr",
     "anomaly_map": "map",
     "grad_cam_layer": "map_layer",
+    "seed": "seed",
 }
 
 

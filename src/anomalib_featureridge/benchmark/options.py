@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     metric.add_argument("--metric-lr", type=float, default=None, help="Adam learning rate")
     metric.add_argument("--metric-map", choices=["cam", "grad_cam"], default=None, help="anomaly map")
     metric.add_argument("--metric-map-layer", default=None, help="layer Grad-CAM weighs (default: the embedding's)")
+    metric.add_argument(
+        "--metric-seed", type=int, default=None, help="seed of the synthetic defects (with --seed: a seed study)"
+    )
     parser.add_argument("--clip-backbone", default=None, help="open_clip model for CLIP models (their default)")
     parser.add_argument(
         "--clip-pretrained", default=None, help="open_clip tag or local checkpoint for CLIP models; 'none': random"

@@ -111,6 +111,7 @@ def setup_from(args: argparse.Namespace) -> Setup:
             ("learning_rate", args.metric_lr),
             ("anomaly_map", args.metric_map),
             ("grad_cam_layer", args.metric_map_layer),
+            ("seed", args.metric_seed),
         ),
         clip_backbone=args.clip_backbone,
         clip_pretrained=args.clip_pretrained,
