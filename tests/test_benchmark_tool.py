@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from anomalib_featureridge import cli
 from anomalib_featureridge.benchmark import construction, harness, inference_scale, measurement, sweep
 from anomalib_featureridge.benchmark.report import markdown, write_report
+from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
 
 
 def benchmark_main(argv: list[str]) -> None:
@@ -87,7 +88,7 @@ def test_interrupted_run_keeps_its_rows_and_resumes(synthetic_root, tmp_path, mo
     assert 0 < float(row["head_mib"]) < float(row["model_mib"])
 
     measured.clear()
-    monkeypatch.setattr(sweep, "measure", lambda name, mode, category, n, *args: measured.append(n) or {})
+    monkeypatch.setattr(sweep, "measure", lambda name, mode, category, n, *args: measured.append(n) or [{}])
     run(synthetic_root, tmp_path, "--in-process", "--models", "FeatureRidge", "--skip-full", "--scaling", "4", "6")
     assert measured == [6]
     assert (tmp_path / "results.md").exists()
@@ -393,8 +394,43 @@ def test_each_row_is_measured_from_the_same_seeded_random_state(synthetic_root, 
     for scramble in (1, 2):
         torch.manual_seed(scramble)
         with pytest.raises(DrawnError):
-            measurement.measure("Patchcore", "full", "synthetic", None, args, setup)
+            measurement.measure("Patchcore", "full", "synthetic", None, args, [setup])
     assert draws[0] == draws[1]
+
+
+def test_scorers_of_one_training_are_rows_of_one_fit_and_resume_alone(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, spec=SyntheticSpec(image_size=64, n_train=24, n_test_good=4, n_test_per_defect=2))
+    trainings: list[int] = []
+    real_measure = measurement.measure
+
+    def counted(*args):
+        trainings.append(len(args[-1]))
+        return real_measure(*args)
+
+    monkeypatch.setattr(sweep, "measure", counted)
+    options = ["--models", "SyntheticDefectMetric", "--metric-epochs", "1", "--in-process"]
+    run(root, tmp_path / "out", *options, "--metric-scorer", "cosine", "lof")
+    csv_path = tmp_path / "out" / "results.csv"
+    cosine, lof = csv.DictReader(csv_path.open())
+    assert trainings == [2], "one training for both scorers"
+    assert cosine["settings"] == "scorer=cosine epochs=1"
+    assert lof["settings"] == "scorer=lof epochs=1"
+    assert cosine["error"] == lof["error"] == ""
+    assert cosine["fit_s"] == lof["fit_s"]
+    for metric in ("pixel_AUROC", "pixel_AUPRO"):  # the map does not depend on the scorer: the same network
+        assert cosine[metric] == lof[metric]
+    assert float(lof["infer_ms_per_image"]) > 0
+
+    with csv_path.open() as handle:
+        header, first, _ = handle.readlines()
+    csv_path.write_text(header + first)  # the lof row is lost: only it is measured again, the cosine row kept
+    run(root, tmp_path / "out", *options, "--metric-scorer", "cosine", "lof")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [row["settings"] for row in rows] == ["scorer=cosine epochs=1", "scorer=lof epochs=1"]
+    assert rows[1]["pixel_AUROC"] == cosine["pixel_AUROC"]
+    run(root, tmp_path / "out", *options, "--metric-scorer", "cosine", "lof")
+    assert trainings == [2, 2], "nothing left to measure"
 
 
 def test_synthetic_defect_metric_gets_the_run_backbone_and_its_options():

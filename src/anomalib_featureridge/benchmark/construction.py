@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class Setup:
     # Model-specific options (FeatureRidge's head and fit precision, SyntheticDefectMetric's) as
     # (keyword, value) pairs, each passed to the models that take it; None keeps the model's default.
     model_options: tuple[tuple[str, Any], ...] = ()
+    # Further values of options that change only how a trained model scores (SyntheticDefectMetric's
+    # scorer), as (keyword, value): each gives its own row from the same training.
+    evaluation_variants: tuple[tuple[str, Any], ...] = ()
 
 
 def model_class(name: str) -> type[AnomalibModule]:
@@ -92,6 +95,17 @@ def settings_of(name: str, setup: Setup) -> str:
     """The model-specific settings recorded in each row (part of the row's identity for resuming)."""
     settings = model_settings(model_class(name), setup)
     return " ".join(f"{SETTING_LABELS[key]}={_label(value)}" for key, value in settings.items())
+
+
+def variants_of(name: str, setup: Setup) -> list[Setup]:
+    """The setups of one training's rows: ``setup`` itself, then one per evaluation variant ``name`` accepts."""
+    accepted = inspect.signature(model_class(name).__init__).parameters
+    variants = [setup]
+    for key, value in setup.evaluation_variants:
+        if key in accepted:
+            options = tuple((option, value if option == key else current) for option, current in setup.model_options)
+            variants.append(replace(setup, model_options=options))
+    return [replace(variant, evaluation_variants=()) for variant in variants]
 
 
 def build_model(name: str, setup: Setup, floor_channels: int, k_shot: int | None = None) -> AnomalibModule:

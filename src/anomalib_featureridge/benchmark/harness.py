@@ -125,7 +125,7 @@ def _run_in_child(sender: Any, start_method: str, function: Callable[..., dict[s
     sender.close()
 
 
-def run_isolated(function: Callable[..., dict[str, Any]], *arguments: object) -> dict[str, Any]:
+def run_isolated(function: Callable[..., Any], *arguments: object) -> Any:
     """``function(*arguments)`` in a fresh (spawned) process; raise RowFailedError if it fails or dies.
 
     ``function`` and its arguments must pickle (a module-level function). Interrupting or killing

@@ -167,14 +167,70 @@ def exported_sizes(model: AnomalibModule, workdir: Path) -> tuple[float, float]:
     return total / 2**20, max(total - backbone_bytes, 0) / 2**20
 
 
-def measure(
-    name: str, mode: str, category: str, n_train: int | None, args: argparse.Namespace, setup: Setup
+def _tested(engine: Engine, model: AnomalibModule, datamodule: AnomalibDataModule) -> dict[str, Any]:
+    """Test time and the metrics (a dataset without masks has no pixel metrics: those cells stay empty)."""
+    start = time.perf_counter()
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    figures: dict[str, Any] = {"test_s": round(time.perf_counter() - start, 1)}
+    return figures | {metric: round(float(results[metric]), 4) for metric in METRICS if metric in results}
+
+
+def _timed_and_sized(
+    model: AnomalibModule,
+    floor: Any,
+    datamodule: AnomalibDataModule,
+    setup: Setup,
+    workdir: Path,
 ) -> dict[str, Any]:
-    """Fit (and unless scaling, test) one model; time its inference; return one CSV row's figures."""
+    """Inference per image of the model and of the backbone floor, in alternation; export sizes; the device."""
+    model.eval()
+    device = next(model.model.parameters()).device
+    batch = timing_batch(model, datamodule).to(device)
+    floor.to(device)
+    seconds = interleaved_medians(
+        {"model": lambda: model.model(batch), "backbone": lambda: floor(batch)}, setup.warmup, setup.repeats, device
+    )
+    model_mib, head_mib = exported_sizes(model, workdir)
+    return {
+        "infer_ms_per_image": round(1000 * seconds["model"] / TIMING_BATCH, 3),
+        "backbone_ms_per_image": round(1000 * seconds["backbone"] / TIMING_BATCH, 3),
+        "model_mib": round(model_mib, 3),
+        "head_mib": round(head_mib, 3),
+        "device": device.type,
+    }
+
+
+def _twin(model: AnomalibModule, name: str, variant: Setup, floor_channels: int, k_shot: int | None) -> AnomalibModule:
+    """``name`` built with ``variant``'s evaluation options, holding ``model``'s trained state.
+
+    The post-processor's statistics are left out: they are learnt again from the twin's own
+    validation scores (its normalisation clamps, so another scorer's ranges would change its AUROC).
+    """
+    twin = build_model(name, variant, floor_channels, k_shot)
+    trained = {key: value for key, value in model.state_dict().items() if not key.startswith("post_processor.")}
+    missing, unexpected = twin.load_state_dict(trained, strict=False)
+    missing = [key for key in missing if not key.startswith("post_processor.")]
+    if missing or unexpected:
+        msg = f"{name} with other evaluation options does not take the trained state: {missing or unexpected}"
+        raise RuntimeError(msg)
+    return twin
+
+
+def measure(
+    name: str, mode: str, category: str, n_train: int | None, args: argparse.Namespace, variants: list[Setup]
+) -> list[dict[str, Any]]:
+    """Fit (and unless scaling, test) one model; time its inference; one CSV row's figures per variant.
+
+    The first of ``variants`` is trained; each further one (other evaluation options, e.g. a second
+    scorer) gets the trained state, its own validation pass (for its thresholds) and test, and shares
+    the fit's figures.
+    """
+    setup = variants[0]
     # Patchcore's coreset starts from a random patch: seeded, a row gives the same figures on every run.
     seed_everything(setup.seed, workers=True, verbose=False)
     floor = floor_backbone(setup)
-    model = build_model(name, setup, sum(floor.feature_info.channels()), n_train if mode == "few-shot" else None)
+    channels, k_shot = sum(floor.feature_info.channels()), n_train if mode == "few-shot" else None
+    model = build_model(name, setup, channels, k_shot)
     datamodule = make_datamodule(args, category, setup.batch_size)
     n_used = restrict_training_set(datamodule, n_train, setup.seed)
     timer = FitTimer(model)
@@ -191,25 +247,18 @@ def measure(
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         engine.fit(model=model, datamodule=datamodule)
-        row: dict[str, Any] = {"n_train": n_used, "fit_s": round(timer.seconds, 2)}
-        row["peak_rss_fit_mib"] = round(timer.peak_mib, 1)
+        fit: dict[str, Any] = {"n_train": n_used, "fit_s": round(timer.seconds, 2)}
+        fit["peak_rss_fit_mib"] = round(timer.peak_mib, 1)
         if cuda:
-            row["peak_cuda_fit_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if mode != "scaling":
-            start = time.perf_counter()
-            results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-            row["test_s"] = round(time.perf_counter() - start, 1)
-            # A dataset without masks has no pixel metrics: their cells stay empty rather than made up.
-            row |= {metric: round(float(results[metric]), 4) for metric in METRICS if metric in results}
-        model.eval()
-        device = next(model.model.parameters()).device
-        batch = timing_batch(model, datamodule).to(device)
-        floor.to(device)
-        seconds = interleaved_medians(
-            {"model": lambda: model.model(batch), "backbone": lambda: floor(batch)}, setup.warmup, setup.repeats, device
-        )
-        row["infer_ms_per_image"] = round(1000 * seconds["model"] / TIMING_BATCH, 3)
-        row["backbone_ms_per_image"] = round(1000 * seconds["backbone"] / TIMING_BATCH, 3)
-        row["model_mib"], row["head_mib"] = (round(size, 3) for size in exported_sizes(model, Path(workdir)))
-        row["device"] = device.type
-    return row
+            fit["peak_cuda_fit_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        rows = []
+        for index, variant in enumerate(variants):
+            scored = model
+            if index:
+                scored = _twin(model, name, variant, channels, k_shot)
+                engine.validate(model=scored, datamodule=datamodule, verbose=False)
+            row = dict(fit)
+            if mode != "scaling":
+                row |= _tested(engine, scored, datamodule)
+            rows.append(row | _timed_and_sized(scored, floor, datamodule, variant, Path(workdir)))
+    return rows

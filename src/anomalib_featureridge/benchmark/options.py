@@ -65,7 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     metric = parser.add_argument_group("SyntheticDefectMetric (each its model default when not given)")
     metric.add_argument("--defect-kinds", nargs="+", default=None, help="synthetic defect classes besides good")
     metric.add_argument("--metric-loss", default=None, help="softmax, l2_softmax, arcface or adacos")
-    metric.add_argument("--metric-scorer", default=None, help="cosine or lof")
+    metric.add_argument(
+        "--metric-scorer",
+        nargs="+",
+        choices=["cosine", "lof"],
+        default=None,
+        help="cosine and/or lof: each scorer is a row, all scored from one training",
+    )
     metric.add_argument("--metric-epochs", type=int, default=None, help="training epochs")
     metric.add_argument("--metric-lr", type=float, default=None, help="Adam learning rate")
     metric.add_argument("--metric-map", choices=["cam", "grad_cam"], default=None, help="anomaly map")

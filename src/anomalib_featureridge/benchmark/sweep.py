@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from anomalib_featureridge.benchmark.construction import Setup, floor_backbone, model_class, settings_of
+from anomalib_featureridge.benchmark.construction import (
+    Setup,
+    floor_backbone,
+    model_class,
+    settings_of,
+    variants_of,
+)
 from anomalib_featureridge.benchmark.harness import RowFailedError, describe, read_rows, row_appender, run_isolated
 from anomalib_featureridge.benchmark.measurement import FIELDS, measure
 from anomalib_featureridge.benchmark.options import complete
@@ -106,13 +112,14 @@ def setup_from(args: argparse.Namespace) -> Setup:
             ("fit_precision", args.feature_ridge_fit_precision),
             ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
             ("loss", args.metric_loss),
-            ("scorer", args.metric_scorer),
+            ("scorer", args.metric_scorer[0] if args.metric_scorer else None),
             ("max_epochs", args.metric_epochs),
             ("learning_rate", args.metric_lr),
             ("anomaly_map", args.metric_map),
             ("grad_cam_layer", args.metric_map_layer),
             ("seed", args.metric_seed),
         ),
+        evaluation_variants=tuple(("scorer", scorer) for scorer in (args.metric_scorer or [])[1:]),
         clip_backbone=args.clip_backbone,
         clip_pretrained=args.clip_pretrained,
         batch_size=args.batch_size,
@@ -138,30 +145,38 @@ def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
         print(notice, flush=True)
     with row_appender(csv_path, FIELDS) as append:
         for index, (mode, category, n_train, name) in enumerate(runs, start=1):
-            identity = {
-                "mode": mode,
-                "model": name,
-                "category": category,
-                "n_train": n_train,
-                "backbone": setup.backbone,
-                "settings": settings_of(name, setup),
-            }
+            variants = variants_of(name, setup)
+            identities = [
+                {
+                    "mode": mode,
+                    "model": name,
+                    "category": category,
+                    "n_train": n_train,
+                    "backbone": setup.backbone,
+                    "settings": settings_of(name, variant),
+                }
+                for variant in variants
+            ]
             label = f"[benchmark {index}/{len(runs)}] {mode} {name} on {category}" + (
                 f" with {n_train} training images" if n_train else ""
             )
-            if row_key(identity) in done:
+            if all(row_key(identity) in done for identity in identities):
                 print(f"{label}: already in {csv_path}, skipped", flush=True)
                 continue
             print(f"{label} ...", flush=True)
-            task = (name, mode, category, n_train, args, setup)
+            task = (name, mode, category, n_train, args, variants)
             try:
-                row = identity | (measure(*task) if args.in_process else run_isolated(measure, *task))
+                figures = measure(*task) if args.in_process else run_isolated(measure, *task)
             except RowFailedError as error:
-                row = identity | {"error": str(error)}
+                figures = [{"error": str(error)}] * len(variants)
             except (ValueError, RuntimeError, MemoryError, torch.OutOfMemoryError) as error:
-                row = identity | {"error": describe(error)}
-            append(row)
-            print(f"{label}: {row}", flush=True)
+                figures = [{"error": describe(error)}] * len(variants)
+            for identity, measured in zip(identities, figures, strict=True):
+                if row_key(identity) in done:
+                    continue  # measured again only because a sibling row of the same training was missing
+                row = identity | measured
+                append(row)
+                print(f"{label}: {row}", flush=True)
 
 
 def run(args: argparse.Namespace) -> None:
