@@ -1,4 +1,7 @@
-"""One benchmark row: fit (and unless only cost is asked, test) one model on one data set, time it, size it.
+"""One benchmark fit: train (and unless only cost is asked, test) one model on one data set, time it, size it.
+
+A fit gives one row, or one per evaluation variant (SyntheticDefectMetric's scorers), which share
+the fit's figures and are validated and tested on their own.
 
 What a row holds is defined here (:data:`FIELDS`), beside the code that fills it:
 

@@ -4,7 +4,9 @@ Modes: ``full`` (every training image), ``scaling`` (fit only, on N random train
 time, memory and size growth) and ``few-shot`` (K random training images, full evaluation). Each
 row is measured in a fresh process unless ``--in-process``, appended to ``results.csv`` as soon as
 it is measured, and skipped on a re-run when it is already there without an error; ``results.md``
-and the plots are rebuilt from the whole CSV at the end (or alone with ``--report-only``).
+and the plots are rebuilt from the whole CSV at the end (or alone with ``--report-only``). Rows that
+differ only in an evaluation option (several ``--metric-scorer``) come from one training; it runs
+again only when one of them is missing.
 """
 
 from __future__ import annotations
