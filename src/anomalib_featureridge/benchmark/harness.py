@@ -108,8 +108,8 @@ def _exit_when_parent_is_gone() -> None:
         os._exit(1)
 
 
-def _run_in_child(sender: Any, start_method: str, function: Callable[..., dict[str, Any]], arguments: tuple) -> None:
-    """Body of the measuring process: send back the row, or what went wrong (with the traceback on stderr).
+def _run_in_child(sender: Any, start_method: str, function: Callable[..., Any], arguments: tuple) -> None:
+    """Body of the measuring process: send back the rows, or what went wrong (with the traceback on stderr).
 
     A spawned process would spawn its data-loader workers too, each re-importing torch and anomalib
     inside the timed fit; they are started the parent's way instead, as in an ordinary run.
@@ -117,7 +117,7 @@ def _run_in_child(sender: Any, start_method: str, function: Callable[..., dict[s
     multiprocessing.set_start_method(start_method, force=True)
     threading.Thread(target=_exit_when_parent_is_gone, daemon=True).start()
     try:
-        outcome = ("row", function(*arguments))
+        outcome = ("rows", function(*arguments))
     except Exception as error:  # any failure of one row becomes that row's error in the parent
         traceback.print_exc()
         outcome = ("error", describe(error))
