@@ -89,8 +89,12 @@ def test_adacos_scale_follows_the_papers_update() -> None:
     assert float(head.scale) == pytest.approx(expected, rel=1e-5), "the scale only moves in training"
 
 
-def test_two_class_adacos_starts_from_a_scale_that_can_move() -> None:
-    assert float(AdaCosHead(4, 2).scale) > 0
+def test_adacos_with_one_defect_kind_is_refused_before_training() -> None:
+    with pytest.raises(ValueError, match=r"loss='adacos' needs at least two defect kinds \(2 classes given\)"):
+        AdaCosHead(4, 2)
+    with pytest.raises(ValueError, match="Use defect_kinds with two kinds"):
+        SyntheticDefectMetric(backbone=BACKBONE, pre_trained=False, loss="adacos", defect_kinds=["line"])
+    assert float(AdaCosHead(4, 3).scale) == pytest.approx(math.sqrt(2.0) * math.log(2.0))
 
 
 def test_l2_softmax_normalises_the_embedding_to_alpha() -> None:

@@ -132,15 +132,27 @@ class ArcFaceHead(MetricHead):
 class AdaCosHead(MetricHead):
     """``s cos(theta_j)`` with ``s`` set from each training batch (the paper's dynamic AdaCos).
 
-    ``s`` starts at ``sqrt(2) log(C - 1)`` (with two classes that is 0, from which it never moves,
-    so ``C - 1`` is floored at 2); each batch sets it to
+    ``s`` starts at ``sqrt(2) log(C - 1)``; each batch sets it to
     ``log(B_avg) / cos(min(pi / 4, theta_med))``, where ``B_avg`` is the batch mean of
     ``sum_{j != y} exp(s cos theta_j)`` and ``theta_med`` the median angle to the true class.
+
+    It needs at least three classes. With two, ``B_avg`` is one term, ``exp(s cos theta_other)``,
+    so the update is ``s cos theta_other / cos theta_med``: it changes sign as soon as the classes
+    separate (``cos theta_other < 0``) and shrinks to 0 within a few batches, where the logits are
+    flat and training stops (the fixed scale, ``log(1) = 0``, says the same). Measured before this
+    was refused: maps inverted on fabric_01 (pixel AUROC 0.109; the model README).
     """
 
     def __init__(self, dim: int, n_classes: int) -> None:
+        if n_classes < 3:
+            msg = (
+                f"loss='adacos' needs at least two defect kinds ({n_classes} classes given): with one, its adaptive "
+                "scale flips sign and falls to 0 in a few batches, and training stops. Use defect_kinds with two "
+                "kinds (the default [line, distortion]) or another loss (arcface)."
+            )
+            raise ValueError(msg)
         super().__init__(dim, n_classes)
-        self.register_buffer("scale", torch.tensor(math.sqrt(2.0) * math.log(max(n_classes - 1, 2))))
+        self.register_buffer("scale", torch.tensor(math.sqrt(2.0) * math.log(n_classes - 1)))
         self.scale: torch.Tensor
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
