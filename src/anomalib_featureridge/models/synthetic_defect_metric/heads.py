@@ -139,8 +139,8 @@ class AdaCosHead(MetricHead):
     It needs at least three classes. With two, ``B_avg`` is one term, ``exp(s cos theta_other)``,
     so the update is ``s cos theta_other / cos theta_med``: it changes sign as soon as the classes
     separate (``cos theta_other < 0``) and shrinks to 0 within a few batches, where the logits are
-    flat and training stops (the fixed scale, ``log(1) = 0``, says the same). Measured before this
-    was refused: maps inverted on fabric_01 (pixel AUROC 0.109; the model README).
+    flat and training stops (the fixed scale, ``log(1) = 0``, says the same). The model README has
+    what that did to the maps before it was refused.
     """
 
     def __init__(self, dim: int, n_classes: int) -> None:
