@@ -101,6 +101,7 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def setup_from(args: argparse.Namespace) -> Setup:
     """What every model of this run shares, from the command line."""
+    scorers = list(dict.fromkeys(args.metric_scorer or []))  # a scorer named twice is one row, not two
     return Setup(
         backbone=args.backbone,
         layers=tuple(args.layers),
@@ -114,14 +115,14 @@ def setup_from(args: argparse.Namespace) -> Setup:
             ("fit_precision", args.feature_ridge_fit_precision),
             ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
             ("loss", args.metric_loss),
-            ("scorer", args.metric_scorer[0] if args.metric_scorer else None),
+            ("scorer", scorers[0] if scorers else None),
             ("max_epochs", args.metric_epochs),
             ("learning_rate", args.metric_lr),
             ("anomaly_map", args.metric_map),
             ("grad_cam_layer", args.metric_map_layer),
             ("seed", args.metric_seed),
         ),
-        evaluation_variants=tuple(("scorer", scorer) for scorer in (args.metric_scorer or [])[1:]),
+        evaluation_variants=tuple(("scorer", scorer) for scorer in scorers[1:]),
         clip_backbone=args.clip_backbone,
         clip_pretrained=args.clip_pretrained,
         batch_size=args.batch_size,
