@@ -1,4 +1,5 @@
-"""A FeatureRidge fit on two CPU processes (Lightning ddp_spawn, gloo) equals a one-process fit, for every head.
+"""Two CPU processes (Lightning ddp_spawn, gloo) give what one gives: FeatureRidge's fit, for every head, and the
+metrics and embeddings of a SyntheticDefectMetric training.
 
 The training and the test set have odd sizes, so Lightning's DistributedSampler repeats an image
 at the end of one shard, and the evaluation batch size makes one shard's last batch a lone
@@ -14,10 +15,12 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.data.datasets import MVTecADDataset
 from anomalib.engine import Engine
-from anomalib.metrics import AUPRO, AUROC, Evaluator
+from anomalib.metrics import Evaluator
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
+from lightning.pytorch import Callback, LightningModule, Trainer
 
-from anomalib_featureridge import FeatureRidge
+from anomalib_featureridge import FeatureRidge, SyntheticDefectMetric
+from anomalib_featureridge.components.evaluator import ranking_metrics
 from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
 
 TRAIN_IMAGES = 7
@@ -25,12 +28,7 @@ IMAGE_SIZE = (64, 64)
 
 
 def _evaluator() -> Evaluator:
-    metrics = [
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-    ]
-    return Evaluator(val_metrics=metrics, test_metrics=[metric.clone() for metric in metrics])
+    return Evaluator(val_metrics=ranking_metrics(), test_metrics=ranking_metrics())
 
 
 def _model(head: str = "paper") -> FeatureRidge:
@@ -63,17 +61,21 @@ def _datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=eval_batch, num_workers=0)
 
 
-def _fit(root: Path, workdir: Path, devices: int, head: str = "paper") -> tuple[FeatureRidge, Engine]:
-    model = _model(head)
-    strategy = "ddp_spawn" if devices > 1 else "auto"
-    engine = Engine(
+def _engine(workdir: Path, devices: int, **options: object) -> Engine:
+    return Engine(
         default_root_dir=workdir,
         logger=False,
         enable_progress_bar=False,
         accelerator="cpu",
         devices=devices,
-        strategy=strategy,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        **options,
     )
+
+
+def _fit(root: Path, workdir: Path, devices: int, head: str = "paper") -> tuple[FeatureRidge, Engine]:
+    model = _model(head)
+    engine = _engine(workdir, devices)
     engine.fit(model=model, datamodule=_datamodule(root))
     return model, engine
 
@@ -132,3 +134,40 @@ def test_two_processes_fit_the_per_position_heads_as_one(odd_root: Path, tmp_pat
     for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
         got, expected = double_engine.trainer.callback_metrics[metric], single_engine.trainer.callback_metrics[metric]
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+class _TrainedState(Callback):
+    """Saves each process's torch model as it stands when training ends: what that process would score with."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        torch.save(pl_module.model.state_dict(), self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def test_two_processes_train_one_metric_model_that_scores_each_image_once(odd_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SyntheticDefectMetric(
+        backbone=SMALL_BACKBONE,
+        pre_trained=False,
+        visualizer=False,
+        post_processor=False,
+        evaluator=_evaluator(),
+        max_epochs=1,
+        pre_processor=SyntheticDefectMetric.configure_pre_processor(IMAGE_SIZE),
+    )
+    # No validation pass: the checkpoint at the end of the epoch is where every process re-embeds the training set.
+    engine = _engine(tmp_path / "two", devices=2, limit_val_batches=0, callbacks=[_TrainedState(tmp_path)])
+    engine.fit(model=model, datamodule=_datamodule(odd_root))
+    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, rtol=0, atol=0, msg=f"{name} differs between processes")
+    assert model.model.bank.embeddings.shape[0] == TRAIN_IMAGES
+    torch.testing.assert_close(model.model.bank.embeddings, first["bank.embeddings"], rtol=0, atol=0)
+
+    # The test metrics, computed across both processes, equal the same model's on one process.
+    double = _engine(tmp_path / "test-two", devices=2).test(model=model, datamodule=_datamodule(odd_root))[0]
+    single = _engine(tmp_path / "test-one", devices=1).test(model=model, datamodule=_datamodule(odd_root))[0]
+    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        assert abs(double[metric] - single[metric]) < 1e-6, metric

@@ -7,5 +7,6 @@
 - ``export``: the one export path (torch, ONNX, OpenVINO).
 - ``scoring_module``: what the AnomalibModules share (no optimiser, evaluator, validation step, run checks).
 - ``checkpoints``: which model wrote a checkpoint; scoring settings taken from it.
+- ``distributed``: several processes: the sampler's repeats left out, one output folder.
 - ``run_folders``: anomalib's ``vN``/``latest`` run folders: interrupted fits marked, ``latest`` re-pointed.
 """

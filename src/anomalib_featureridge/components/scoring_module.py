@@ -1,5 +1,8 @@
 """What the AnomalibModules of this package share: no optimiser, the paper metrics, validation scoring, run checks.
 
+Validation and test score each image once across processes (the distributed sampler's repeats
+are left out), so a run on several devices reports the metrics one device would.
+
 The run checks are callbacks every model brings along: a learnt threshold that flags (nearly) every
 good validation image is reported, and a fit that stops part-way leaves its version folder marked
 incomplete, with anomalib's ``latest`` link back on the last complete run.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -20,6 +24,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from ..data.images import name_unreadable_files, refuse_high_bit_depth
 from .checkpoints import record_model_class, refuse_other_models_checkpoint
+from .distributed import share_output_folder, unpadded, world_size
 from .evaluator import segmentation_evaluator
 from .run_folders import IncompleteRunMarker
 
@@ -79,12 +84,20 @@ class ScoringModelMixin:
     Put it before ``AnomalibModule`` in the bases; ``self.model`` must return an ``InferenceBatch``.
     """
 
+    # Samples of this process's shard seen so far in the running loop (to tell the sampler's repeats).
+    _seen = 0
+
     def setup(self, stage: str) -> None:
-        """Refuse 16-bit grayscale files (anomalib's reader clips them to white); name files that cannot be read."""
+        """Refuse 16-bit grayscale files (anomalib's reader clips them to white); name files that cannot be read.
+
+        On several processes, every one writes into rank 0's output folder.
+        """
         datamodule = getattr(self._trainer, "datamodule", None)
         refuse_high_bit_depth(getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
         name_unreadable_files(datamodule)
         super().setup(stage)
+        if world_size() > 1:
+            share_output_folder(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record which model class wrote the checkpoint, so that another model refuses it by name."""
@@ -132,8 +145,45 @@ class ScoringModelMixin:
         """Anomalib's default post-processor (normalisation and thresholds learnt on the validation set)."""
         return PostProcessor()
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:  # noqa: ANN002, ANN003
-        """Score a validation batch."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
+    def _unpadded_size(self, batch: Batch, loader: Any) -> int:
+        """How many of the batch's images come before the repeats a distributed sampler adds to even out shards."""
+        keep = unpadded(loader, self._seen, len(batch.image))
+        self._seen += len(batch.image)
+        return keep
+
+    @staticmethod
+    def _truncate(batch: Batch, size: int) -> Batch:
+        """Keep the batch's first ``size`` images and their fields, in place (callbacks read this object)."""
+        values = {field.name: getattr(batch, field.name) for field in fields(batch)}
+        return batch.update(**{name: value[:size] for name, value in values.items() if value is not None})
+
+    def on_validation_epoch_start(self) -> None:
+        """Count the shard's samples from the start, to tell the sampler's repeats."""
+        super().on_validation_epoch_start()
+        self._seen = 0
+
+    def on_test_epoch_start(self) -> None:
+        """Count the shard's samples from the start, to tell the sampler's repeats."""
+        super().on_test_epoch_start()
+        self._seen = 0
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Score a batch; across processes, each image once, so that the metrics equal one device's."""
+        del batch_idx
+        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
+        keep = self._unpadded_size(batch, loader)
+        outputs = batch.update(**self.model(batch.image)._asdict())
+        if keep == len(batch.image):
+            return outputs
+        if keep:
+            return self._truncate(batch, keep)
+        # Only repeats: the metrics, which read the batch, get no image; the post-processor, which reads
+        # the returned copy, sees scores it has already seen, which leave its min-max normalisation as is.
+        outputs = batch.update(in_place=False)
+        self._truncate(batch, 0)
+        return outputs
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Score a test batch like a validation batch (each image once across processes)."""
+        return self.validation_step(batch, batch_idx, dataloader_idx)

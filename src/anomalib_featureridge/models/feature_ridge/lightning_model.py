@@ -19,7 +19,6 @@ import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,10 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
 from anomalib_featureridge.components.checkpoints import settings_from_checkpoint
+from anomalib_featureridge.components.distributed import world_size
 from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.components.feature_extractor import defer_pretrained_weights, materialise_pretrained_weights
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
@@ -131,8 +130,6 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             pool=pool,
             fit_precision=fit_precision,
         )
-        # Samples of this process's shard seen so far in the running loop (to tell sampler padding).
-        self._seen = 0
         if defer_weights:
             defer_pretrained_weights(self.model.feature_extractor, backbone, layers)
 
@@ -199,7 +196,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
                 f"is empty. {_empty_train_folder_hint(datamodule)}"
             )
             raise ValueError(msg)
-        if distributed.world_size() > 1:
+        if world_size() > 1:
             self._setup_distributed(stage)
 
     def _setup_distributed(self, stage: str) -> None:
@@ -211,7 +208,6 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
                 f"SLURM), not with {type(strategy).__name__}: pass --trainer.strategy ddp."
             )
             raise ValueError(msg)
-        distributed.share_output_folder(self.trainer)
         if stage == "fit":
             # DistributedDataParallel refuses a module with no trainable parameter; nothing here has gradients.
             strategy.configure_ddp = partial(
@@ -249,18 +245,6 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             logger.warning("Dropped the statistics of an unfinished fit: this fit starts from the last completed one.")
         self._seen = 0
 
-    def _unpadded_size(self, batch: Batch, loader: Any) -> int:
-        """How many of the batch's images come before the repeats a distributed sampler adds to even out shards."""
-        keep = distributed.unpadded(loader, self._seen, len(batch.image))
-        self._seen += len(batch.image)
-        return keep
-
-    @staticmethod
-    def _truncate(batch: Batch, size: int) -> Batch:
-        """Keep the batch's first ``size`` images and their fields, in place (callbacks read this object)."""
-        values = {field.name: getattr(batch, field.name) for field in fields(batch)}
-        return batch.update(**{name: value[:size] for name, value in values.items() if value is not None})
-
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
         """Accumulate the batch's features into the pending Ridge statistics (each training image once, in epoch 1)."""
         del args, kwargs
@@ -268,34 +252,6 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         if keep and self.current_epoch == 0:
             self.model.accumulate(batch.image[:keep])
         return torch.tensor(0.0, requires_grad=True, device=self.device)
-
-    def on_validation_epoch_start(self) -> None:
-        """Count the shard's samples from the start, to tell the sampler's repeats."""
-        self._seen = 0
-
-    def on_test_epoch_start(self) -> None:
-        """Count the shard's samples from the start, to tell the sampler's repeats."""
-        self._seen = 0
-
-    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Score a batch; across processes, each image once, so that the metrics equal one device's."""
-        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
-        loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
-        keep = self._unpadded_size(batch, loader)
-        outputs = super().validation_step(batch, batch_idx, dataloader_idx)
-        if keep == len(batch.image):
-            return outputs
-        if keep:
-            return self._truncate(batch, keep)
-        # Only repeats: the metrics, which read the batch, get no image; the post-processor, which reads
-        # the returned copy, sees scores it has already seen, which leave its min-max normalisation as is.
-        outputs = batch.update(in_place=False)
-        self._truncate(batch, 0)
-        return outputs
-
-    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Score a test batch like a validation batch (each image once across processes)."""
-        return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def _solve_due(self) -> bool:
         """The map is due when it was never solved, or when rows of this fit wait to be committed."""
@@ -319,7 +275,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """
         if self._trainer is None or self._trainer.state.fn != TrainerFn.FITTING:
             self.model.discard_pending()
-        reduce = distributed.AllReduce(self.device) if distributed.world_size() > 1 else None
+        reduce = distributed.AllReduce(self.device) if world_size() > 1 else None
         self.model.fit(reduce)
         logger.info("Solved the %s head from %s.", self.model.head, self.model.describe_fit())
 

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torchvision.transforms.v2 import Resize
 
+from anomalib_featureridge.components.distributed import broadcast_from_rank_zero, world_size
 from anomalib_featureridge.components.export import PreparedExportMixin
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 from anomalib_featureridge.data.defects import DEFECT_KINDS, ObjectRegionFinder, add_defects_to_batch
@@ -270,7 +271,13 @@ class SyntheticDefectMetric(ScoringModelMixin, PreparedExportMixin, AnomalibModu
 
     @torch.no_grad()
     def store_good_embeddings(self) -> None:
-        """Embed the training images with the current network: the good embeddings the scores compare to."""
+        """Embed the training images with the current network: the good embeddings the scores compare to.
+
+        On several processes every one embeds the whole training set with rank 0's network: DDP keeps
+        the weights equal, but each process's batch-norm statistics moved with its own last batch.
+        """
+        if world_size() > 1:
+            broadcast_from_rank_zero(self.model.feature_extractor.buffers())
         was_training = self.model.training
         self.model.eval()
         embeddings = torch.cat([self.model.embed(batch) for batch in self._training_batches()])
