@@ -4,7 +4,8 @@ Its AUROCs rank the scores as they are. anomalib's ``AUROC`` is torchmetrics' ``
 which applies a sigmoid to every update whose values leave ``[0, 1]``, and only to those: raw
 scores (validation metrics, or a model run without the post-processor's normalisation) that stay
 inside ``[0, 1]`` in some batches and not in others are then ranked on two scales, and the AUROC
-is silently wrong. An AUROC depends on the order of the scores alone, so no squashing is needed.
+is silently wrong (reported as anomalib #2003, #2337 and #3407, torchmetrics #2195). An AUROC
+depends on the order of the scores alone, so no squashing is needed.
 """
 
 from __future__ import annotations
