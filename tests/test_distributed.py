@@ -25,6 +25,16 @@ from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
 
 TRAIN_IMAGES = 7
 IMAGE_SIZE = (64, 64)
+# Two processes score other batches (other shapes, one thread each) than one process does, and float32
+# convolutions may round those differently: a near-tie of these random-weight maps can flip. Measured up to
+# 1.2e-6 in pixel AUROC. A repeat counted twice moves these metrics by about 1e-2 (0.031 in pixel AUROC).
+METRIC_ROUNDING = 1e-4
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+
+
+def _assert_same_metrics(got: dict, expected: dict) -> None:
+    for metric in METRICS:
+        assert abs(float(got[metric]) - float(expected[metric])) <= METRIC_ROUNDING, metric
 
 
 def _evaluator() -> Evaluator:
@@ -92,9 +102,7 @@ def test_two_processes_fit_the_same_model_as_one(odd_root: Path, tmp_path: Path)
     for got, expected in zip(double.model.statistics.solve(1.0), single.model.statistics.solve(1.0), strict=True):
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-9
     # The validation metrics, computed across both processes, equal one process's.
-    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
-        got, expected = double_engine.trainer.callback_metrics[metric], single_engine.trainer.callback_metrics[metric]
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    _assert_same_metrics(double_engine.trainer.callback_metrics, single_engine.trainer.callback_metrics)
 
     # The checkpoint rank 0 wrote loads and scores like the model fitted on one process.
     checkpoint = double_engine.trainer.checkpoint_callback.best_model_path
@@ -131,9 +139,7 @@ def test_two_processes_fit_the_per_position_heads_as_one(odd_root: Path, tmp_pat
     images = torch.rand(2, 3, *IMAGE_SIZE)
     single.eval(), double.eval()
     torch.testing.assert_close(double.model(images).anomaly_map, single.model(images).anomaly_map, rtol=1e-5, atol=1e-5)
-    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
-        got, expected = double_engine.trainer.callback_metrics[metric], single_engine.trainer.callback_metrics[metric]
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    _assert_same_metrics(double_engine.trainer.callback_metrics, single_engine.trainer.callback_metrics)
 
 
 class _TrainedState(Callback):
@@ -169,5 +175,4 @@ def test_two_processes_train_one_metric_model_that_scores_each_image_once(odd_ro
     # The test metrics, computed across both processes, equal the same model's on one process.
     double = _engine(tmp_path / "test-two", devices=2).test(model=model, datamodule=_datamodule(odd_root))[0]
     single = _engine(tmp_path / "test-one", devices=1).test(model=model, datamodule=_datamodule(odd_root))[0]
-    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
-        assert abs(double[metric] - single[metric]) < 1e-6, metric
+    _assert_same_metrics(double, single)
