@@ -50,7 +50,9 @@ def test_default_settings_give_way_to_the_checkpoints(checkpoint, dataset_root, 
     assert (other.hparams["sigma"], other.hparams["alpha"]) == (0.0, 0.5)
 
 
-@pytest.mark.parametrize(("setting", "value"), [("sigma", 2.0), ("alpha", 3.0), ("backbone", "resnet34")])
+@pytest.mark.parametrize(
+    ("setting", "value"), [("sigma", 2.0), ("alpha", 3.0), ("backbone", "resnet34"), ("reference", "median")]
+)
 def test_a_setting_given_with_another_value_is_refused(checkpoint, setting, value) -> None:
     given = FeatureRidge(**{**TRAINED, "pre_trained": False, setting: value})
     with pytest.raises(ValueError, match=rf"trained with {setting}=.*configured with {setting}=.*--model\.{setting}"):

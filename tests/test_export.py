@@ -65,9 +65,12 @@ def exported_gaussian(synthetic_root: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def exported_local(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same with the opt-in local head on averaged features (``pool=3``): per-position and per-region
-    tensors, gathered in the graph, after an average pooling that leaves the padding out."""
-    return _train_and_export(synthetic_root, tmp_path_factory.mktemp("export_local"), "local", pool=3)
+    """The same with the opt-in local head on averaged, median-referred features (``pool=3``,
+    ``reference="median"``): per-position and per-region tensors, gathered in the graph, after an average
+    pooling that leaves the padding out and a median taken by ``topk``."""
+    return _train_and_export(
+        synthetic_root, tmp_path_factory.mktemp("export_local"), "local", pool=3, reference="median"
+    )
 
 
 def _reference(model: FeatureRidge, image_paths: list[Path]) -> dict[str, np.ndarray]:

@@ -259,8 +259,9 @@ def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
     path = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
-    del checkpoint[TRAINED_WITH_KEY]["head"]
-    checkpoint["hyper_parameters"].pop("head")
+    for option in ("head", "reference"):
+        del checkpoint[TRAINED_WITH_KEY][option]
+        checkpoint["hyper_parameters"].pop(option)
     torch.save(checkpoint, path)
     with pytest.raises(
         ValueError, match=r"trained with .*head='paper'.*configured with .*head='gaussian'.*--model\.head"
@@ -271,6 +272,7 @@ def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
     assert restored.model.pool == 1, "a checkpoint from before the pool option averaged no features"
+    assert restored.model.reference == "none", "a checkpoint from before the reference option referred no features"
     # The paper head does not read region, so a region given with it is no conflict.
     with_region = FeatureRidge.load_from_checkpoint(path, region=3).eval()
     torch.testing.assert_close(with_region.model(images).anomaly_map, restored.model(images).anomaly_map)

@@ -3,12 +3,15 @@
 import pytest
 import torch
 from conftest import small_model
+from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_featureridge.components.filters import SeparableGaussianBlur
 from anomalib_featureridge.models.feature_ridge.torch_model import (
+    FeatureRidgeModel,
     average_neighbours,
     neighbourhood_features,
+    refer_to_median,
     upsample_to,
 )
 
@@ -56,6 +59,60 @@ def test_pool_averages_both_maps_before_every_head(head: str) -> None:
     pooled.update(_normal_images(6, seed=1))
     plain.update(_normal_images(6, seed=1))
     assert not torch.allclose(pooled(images).anomaly_map, plain(images).anomaly_map)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (4, 4)])
+def test_median_reference_subtracts_each_channels_median_over_the_map(size: tuple[int, int]) -> None:
+    features = torch.randn(2, 3, *size, dtype=torch.float64)
+    expected = features - features.flatten(2).median(dim=-1).values[:, :, None, None]
+    torch.testing.assert_close(refer_to_median(features), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("head", ["paper", "gaussian", "local"])
+def test_median_reference_comes_after_pool_before_every_head(head: str) -> None:
+    images = torch.rand(2, 3, 64, 64)
+    pooled, referred = small_model(head=head, pool=3), small_model(head=head, pool=3, reference="median")
+    for raw, taken in zip(pooled.backbone_maps(images), referred.backbone_maps(images), strict=True):
+        torch.testing.assert_close(taken, refer_to_median(raw))
+
+
+class _ShiftedPerChannel(nn.Module):
+    """A feature extractor whose maps are all moved by one constant per channel: a whole image's shift."""
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.feature_info = extractor.feature_info
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(3)
+        return [maps + torch.randn(1, maps.shape[1], 1, 1, generator=generator) for maps in self.extractor(images)]
+
+
+@pytest.mark.parametrize("reference", ["none", "median"])
+def test_median_reference_scores_a_shifted_image_as_the_image(reference: str) -> None:
+    model = small_model(head="local", reference=reference)
+    model.update(_normal_images(6, seed=1))
+    images = _normal_images(2, seed=2)
+    plain = model(images).anomaly_map
+    model.feature_extractor = _ShiftedPerChannel(model.feature_extractor)
+    shifted = model(images).anomaly_map
+    if reference == "median":
+        torch.testing.assert_close(shifted, plain, rtol=1e-4, atol=1e-4)
+    else:
+        assert (shifted - plain).abs().max() > 1.0
+
+
+def test_a_torch_export_pickled_before_the_reference_option_scores_without_it() -> None:
+    model = small_model(head="local")
+    model.update(_normal_images(6, seed=1))
+    state = model.__getstate__()
+    del state["reference"]
+    unpickled = FeatureRidgeModel.__new__(FeatureRidgeModel)
+    unpickled.__setstate__(state)
+    assert unpickled.reference == "none"
+    images = _normal_images(2, seed=2)
+    torch.testing.assert_close(unpickled(images).anomaly_map, model(images).anomaly_map, rtol=0, atol=0)
 
 
 def test_feature_maps_align() -> None:
@@ -225,6 +282,7 @@ def test_backbone_stays_in_eval_mode_while_training() -> None:
         ({"pool": 2}, r"pool must be an odd whole number .* got 2"),
         ({"pool": 0}, r"pool must be an odd whole number .* got 0"),
         ({"pool": True}, r"pool must be an odd whole number .* got True"),
+        ({"reference": "mean"}, r"reference must be one of \('none', 'median'\), got 'mean'"),
         ({"fit_precision": "bfloat16"}, r"fit_precision must be one of \('float64', 'float32'\), got 'bfloat16'"),
     ],
 )

@@ -68,6 +68,7 @@ SETTING_LABELS = {
     "rank": "rank",
     "head": "head",
     "pool": "pool",
+    "reference": "reference",
     "fit_precision": "fit",
     "defect_kinds": "kinds",
     "loss": "loss",

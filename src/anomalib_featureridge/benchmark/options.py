@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="FeatureRidge's mean over pool x pool feature positions before the head (its default: 1, none)",
     )
     parser.add_argument(
+        "--feature-ridge-reference",
+        choices=["none", "median"],
+        default=None,
+        help="what FeatureRidge refers each image's feature maps to (its default: none)",
+    )
+    parser.add_argument(
         "--feature-ridge-fit-precision",
         choices=["float64", "float32"],
         default=None,

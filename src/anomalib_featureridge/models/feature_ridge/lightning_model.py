@@ -41,7 +41,7 @@ from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from . import distributed
 from .ridge import RidgeStatistics
-from .torch_model import FeatureRidgeModel
+from .torch_model import OPTIONS_BEFORE_THEY_EXISTED, FeatureRidgeModel
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,18 @@ __all__ = ["FeatureRidge"]
 
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
-SCORING_SETTINGS = ("backbone", "layers", "head", "region", "pool", "rank", "alpha", "sigma", "keep_statistics")
+SCORING_SETTINGS = (
+    "backbone",
+    "layers",
+    "head",
+    "region",
+    "pool",
+    "reference",
+    "rank",
+    "alpha",
+    "sigma",
+    "keep_statistics",
+)
 
 
 class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
@@ -80,6 +91,10 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         pool: Side (odd) of the mean over neighbouring feature positions taken of both maps before the
             head; ``1`` (default) takes none. Better on large, faint defects, worse on small ones
             (docs/method.md).
+        reference: ``"none"`` (default), or ``"median"``: both maps (after ``pool``) minus their own
+            per-channel median over the image, so that a shift of a whole image's features (another batch
+            of material, other lighting) scores nothing; measured in docs/method.md. A checkpoint from
+            before this option has ``"none"``.
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.
@@ -102,6 +117,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         head: str = "paper",
         region: int = 2,
         pool: int = 1,
+        reference: str = "none",
         fit_precision: str = "float64",
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -128,6 +144,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             head=head,
             region=region,
             pool=pool,
+            reference=reference,
             fit_precision=fit_precision,
         )
         if defer_weights:
@@ -153,6 +170,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             "head": self.model.head,
             "region": self.model.region,
             "pool": self.model.pool,
+            "reference": self.model.reference,
             "rank": self.model.rank,
             "alpha": float(self.model.alpha),
             "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
@@ -164,8 +182,8 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """The checkpoint's scoring settings; older checkpoints keep some only in the hyper-parameters."""
         recorded = checkpoint.get(TRAINED_WITH_KEY, {})
         # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
-        # the recorded ones lack predates its option: a full map (rank), the paper's head, no averaging (pool).
-        before_option = {"rank": None, "head": "paper", "region": _DEFAULTS["region"], "pool": 1}
+        # the recorded ones lack predates its option.
+        before_option = OPTIONS_BEFORE_THEY_EXISTED
         saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
         trained = {
             key: recorded.get(key, before_option[key]) if key in before_option else saved.get(key, _DEFAULTS[key])

@@ -20,6 +20,8 @@ it only scores images of the training size. Both are convolutions after the back
 
 ``pool`` (off by default) averages both maps over neighbouring positions before any head, so every
 head, its fit and its exports read the same averaged maps: better on large, faint defects.
+``reference="median"`` (off by default) then subtracts each map's own per-channel median, likewise
+before any head: what is left is how each position differs from the rest of its own image.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class Reduction(Protocol):
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
 HEADS = ("gaussian", "local", "paper")
+# What each image's feature maps are taken relative to before any head reads them.
+REFERENCES = ("none", "median")
+# Scoring options added after models were first saved, with the value a model saved before each existed scores with.
+OPTIONS_BEFORE_THEY_EXISTED = {"rank": None, "head": "paper", "region": 2, "pool": 1, "reference": "none"}
 # The dtype of each batch's products in a fit; the sums are float64 either way.
 FIT_PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 # The local head's fitted tensors (buffers ``local_<name>``), as solve_local_head returns them but for the
@@ -86,15 +92,30 @@ def average_neighbours(features: torch.Tensor, size: int) -> torch.Tensor:
     return F.avg_pool2d(features, size, stride=1, padding=size // 2, count_include_pad=False)
 
 
+def refer_to_median(features: torch.Tensor) -> torch.Tensor:
+    """Each channel of each map minus its median over the map's positions (the lower middle value, as ``torch.median``).
+
+    A shift of a whole image's features (another batch of material, another lighting) then moves no
+    score, while a defect, a minority of the positions, does not move the median. The median is
+    taken by ``topk`` because ONNX has no median operator.
+    """
+    flat = features.flatten(2)
+    lower_half = torch.topk(flat, (flat.shape[-1] + 1) // 2, dim=-1, largest=False).values
+    return features - lower_half[..., -1:].unsqueeze(-1)
+
+
 def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Bilinearly resize ``features`` to ``reference``'s spatial grid."""
     return F.interpolate(features, size=reference.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _check_settings(head: str, rank: int | None, region: int, pool: int, fit_precision: str) -> None:
-    """Refuse a head, rank, region, pool or fit precision the model does not have, naming the valid ones."""
+def _check_settings(head: str, rank: int | None, region: int, pool: int, reference: str, fit_precision: str) -> None:
+    """Refuse a head, rank, region, pool, reference or fit precision the model does not have, naming the valid ones."""
     if head not in HEADS:
         msg = f"head must be one of {HEADS}, got {head!r}."
+        raise ValueError(msg)
+    if reference not in REFERENCES:
+        msg = f"reference must be one of {REFERENCES}, got {reference!r}."
         raise ValueError(msg)
     if fit_precision not in FIT_PRECISIONS:
         msg = f"fit_precision must be one of {tuple(FIT_PRECISIONS)}, got {fit_precision!r}."
@@ -134,6 +155,8 @@ class FeatureRidgeModel(nn.Module):
         pool: Side (odd) of the mean over neighbouring positions taken of each feature map on its own grid
             before any head reads it (Patchcore's locally aware features); ``1`` (default) takes none. It
             widens what one position sees: better on large, faint defects, worse on small ones.
+        reference: ``"none"`` (default), or ``"median"``: after ``pool``, each map minus its own per-channel
+            median over the image's positions, so that a shift of a whole image's features scores nothing.
         fit_precision: ``"float64"`` (default): the fit's products in float64, exact to float64 rounding.
             ``"float32"``: each batch's products in float32, summed in float64: a faster fit (most on
             GPUs with slow float64) whose map differs from the float64 one by float32 rounding.
@@ -152,6 +175,7 @@ class FeatureRidgeModel(nn.Module):
         head: str = "paper",
         region: int = 2,
         pool: int = 1,
+        reference: str = "none",
         fit_precision: str = "float64",
     ) -> None:
         super().__init__()
@@ -165,10 +189,11 @@ class FeatureRidgeModel(nn.Module):
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             msg = f"sigma must be >= 0 and finite (0 switches smoothing off), got {sigma!r}."
             raise ValueError(msg)
-        _check_settings(head, rank, region, pool, fit_precision)
+        _check_settings(head, rank, region, pool, reference, fit_precision)
         self.head = head
         self.region = region
         self.pool = pool
+        self.reference = reference
         self.backbone = backbone
         self.layers = layers
         self.alpha = check_alpha(alpha)
@@ -252,7 +277,7 @@ class FeatureRidgeModel(nn.Module):
         return shallow, upsample_to(deep, shallow)
 
     def backbone_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the shallow and the deep map, each on its own grid (averaged over ``pool`` neighbours)."""
+        """Return the shallow and the deep map, each on its own grid (averaged over ``pool``, then referred)."""
         if images.ndim != 4 or images.shape[1] not in {1, 3}:
             msg = f"Expected images of shape (B, 3, H, W) (or (B, 1, H, W) grayscale), got {tuple(images.shape)}."
             raise ValueError(msg)
@@ -262,6 +287,8 @@ class FeatureRidgeModel(nn.Module):
             shallow, deep = self.feature_extractor(images)
             if self.pool > 1:
                 shallow, deep = average_neighbours(shallow, self.pool), average_neighbours(deep, self.pool)
+            if self.reference == "median":
+                shallow, deep = refer_to_median(shallow), refer_to_median(deep)
         return shallow, deep
 
     @torch.no_grad()
@@ -428,6 +455,10 @@ class FeatureRidgeModel(nn.Module):
     def __getstate__(self) -> dict:
         """Pickle (``torch.save``, the torch export) without the unpacked factors: they double the local head."""
         return {name: value for name, value in self.__dict__.items() if name != "_local_unpacked"}
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle (a torch export); one pickled before an option existed scores without it."""
+        super().__setstate__({**OPTIONS_BEFORE_THEY_EXISTED, **state})
 
     def _local_head(self) -> dict[str, torch.Tensor]:
         """The local head's tensors with its whitening factors unpacked, kept until the packed ones change."""
