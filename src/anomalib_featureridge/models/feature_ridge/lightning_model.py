@@ -182,11 +182,12 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         """The checkpoint's scoring settings; older checkpoints keep some only in the hyper-parameters."""
         recorded = checkpoint.get(TRAINED_WITH_KEY, {})
         # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
-        # the recorded ones lack predates its option.
-        before_option = OPTIONS_BEFORE_THEY_EXISTED
+        # the recorded ones lack predates its option and scores as models did before it.
         saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
         trained = {
-            key: recorded.get(key, before_option[key]) if key in before_option else saved.get(key, _DEFAULTS[key])
+            key: recorded.get(key, OPTIONS_BEFORE_THEY_EXISTED[key])
+            if key in OPTIONS_BEFORE_THEY_EXISTED
+            else saved.get(key, _DEFAULTS[key])
             for key in SCORING_SETTINGS
         }
         trained["layers"] = list(trained["layers"])
