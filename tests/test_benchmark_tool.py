@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import multiprocessing
 import os
@@ -17,9 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from anomalib_featureridge import cli
-from anomalib_featureridge.benchmark import construction, harness, inference_scale, measurement, sweep
+from anomalib_featureridge.benchmark import construction, harness, inference_scale, measurement, options, sweep
 from anomalib_featureridge.benchmark.report import markdown, write_report
 from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
+from anomalib_featureridge.models.feature_ridge.torch_model import HEADS, REFERENCES
 
 
 def benchmark_main(argv: list[str]) -> None:
@@ -464,6 +466,21 @@ def test_feature_ridge_gets_its_head_and_fit_precision_and_other_models_do_not()
     assert construction.settings_of("FeatureRidge", setup) == "head=gaussian fit=float32"
     assert construction.settings_of("Padim", setup) == ""
     assert construction.settings_of("SyntheticDefectMetric", setup) == ""
+
+
+@pytest.mark.parametrize(
+    ("option", "accepted"), [("--feature-ridge-head", HEADS), ("--feature-ridge-reference", REFERENCES)]
+)
+def test_benchmark_offers_every_feature_ridge_choice_and_no_other(option, accepted):
+    """The options are listed without importing torch, so this keeps the two lists from drifting apart."""
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    for value in accepted:
+        assert getattr(parser.parse_args([option, value]), option[2:].replace("-", "_")) == value
+    with pytest.raises(SystemExit):
+        parser.parse_args([option, "no-such-choice"])
+    offered = parser.format_help().split(option, 1)[1].split("{", 1)[1].split("}", 1)[0].split(",")
+    assert sorted(offered) == sorted(accepted)
 
 
 def test_patchcore_on_linux_with_default_malloc_settings_gets_the_allocator_notice():

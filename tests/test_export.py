@@ -65,11 +65,12 @@ def exported_gaussian(synthetic_root: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def exported_local(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same with the opt-in local head on averaged, median-referred features (``pool=3``,
-    ``reference="median"``): per-position and per-region tensors, gathered in the graph, after an average
-    pooling that leaves the padding out and a median taken by ``topk``."""
+    """The same with the opt-in local head on averaged, contrast-referred features (``pool=3``,
+    ``reference="contrast"``): per-position and per-region tensors, gathered in the graph, after an average
+    pooling that leaves the padding out, a median taken by ``topk`` (the median reference's own step) and a
+    division by the image's contrast, a second ``topk`` across channels."""
     return _train_and_export(
-        synthetic_root, tmp_path_factory.mktemp("export_local"), "local", pool=3, reference="median"
+        synthetic_root, tmp_path_factory.mktemp("export_local"), "local", pool=3, reference="contrast"
     )
 
 

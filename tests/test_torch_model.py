@@ -11,6 +11,7 @@ from anomalib_featureridge.models.feature_ridge.torch_model import (
     FeatureRidgeModel,
     average_neighbours,
     neighbourhood_features,
+    refer_to_contrast,
     refer_to_median,
     upsample_to,
 )
@@ -68,12 +69,33 @@ def test_median_reference_subtracts_each_channels_median_over_the_map(size: tupl
     torch.testing.assert_close(refer_to_median(features), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("size", [(5, 7), (4, 4)])
+def test_contrast_reference_divides_by_the_median_over_channels_of_each_channels_mean_deviation(
+    size: tuple[int, int],
+) -> None:
+    features = torch.randn(2, 4, *size, dtype=torch.float64) * torch.rand(2, 4, 1, 1, dtype=torch.float64) * 5
+    centred = features - features.flatten(2).median(dim=-1).values[:, :, None, None]
+    deviations = centred.abs().flatten(2).mean(dim=-1)
+    contrast = deviations.median(dim=1).values[:, None, None, None]
+    torch.testing.assert_close(refer_to_contrast(features), centred / (contrast + 0.01), rtol=0, atol=0)
+
+
+def test_contrast_of_maps_mostly_zero_after_a_relu_is_not_zero() -> None:
+    features = 10 * F.relu(torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0)) - 0.8)
+    assert (features.flatten(2) == 0).float().mean() > 0.6, "most positions must be zero for this check"
+    referred = refer_to_contrast(features)
+    nonzero = features != 0
+    divisor = features[nonzero] / referred[nonzero]  # each map's median is zero here: nothing is subtracted
+    assert divisor.min() > 10 * 0.01, "a median deviation would be zero here, leaving only the floor to divide by"
+
+
 @pytest.mark.parametrize("head", ["paper", "gaussian", "local"])
-def test_median_reference_comes_after_pool_before_every_head(head: str) -> None:
+@pytest.mark.parametrize(("reference", "refer"), [("median", refer_to_median), ("contrast", refer_to_contrast)])
+def test_reference_comes_after_pool_before_every_head(head: str, reference: str, refer) -> None:
     images = torch.rand(2, 3, 64, 64)
-    pooled, referred = small_model(head=head, pool=3), small_model(head=head, pool=3, reference="median")
+    pooled, referred = small_model(head=head, pool=3), small_model(head=head, pool=3, reference=reference)
     for raw, taken in zip(pooled.backbone_maps(images), referred.backbone_maps(images), strict=True):
-        torch.testing.assert_close(taken, refer_to_median(raw))
+        torch.testing.assert_close(taken, refer(raw))
 
 
 class _ShiftedPerChannel(nn.Module):
@@ -101,6 +123,43 @@ def test_median_reference_scores_a_shifted_image_as_the_image(reference: str) ->
         torch.testing.assert_close(shifted, plain, rtol=1e-4, atol=1e-4)
     else:
         assert (shifted - plain).abs().max() > 1.0
+
+
+class _ScaledAndShifted(nn.Module):
+    """A feature extractor whose maps are all scaled by one factor and moved per channel: another strip's contrast.
+
+    The factor is large so that the features (of a tiny random network) are O(1), as a trained
+    backbone's are, and the floor added to the contrast is small beside it.
+    """
+
+    def __init__(self, extractor: nn.Module, factor: float, shift: bool) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.feature_info = extractor.feature_info
+        self.factor, self.shift = factor, shift
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(3)
+        return [
+            self.factor * maps + self.shift * torch.randn(1, maps.shape[1], 1, 1, generator=generator)
+            for maps in self.extractor(images)
+        ]
+
+
+@pytest.mark.parametrize("reference", ["median", "contrast"])
+def test_contrast_reference_scores_an_image_of_other_contrast_as_the_image(reference: str) -> None:
+    model = small_model(head="local", reference=reference)
+    extractor = model.feature_extractor
+    model.feature_extractor = _ScaledAndShifted(extractor, factor=100.0, shift=False)
+    model.update(_normal_images(6, seed=1))
+    images = _normal_images(2, seed=2)
+    plain = model(images).anomaly_map
+    model.feature_extractor = _ScaledAndShifted(extractor, factor=300.0, shift=True)
+    other_contrast = model(images).anomaly_map
+    if reference == "contrast":
+        torch.testing.assert_close(other_contrast, plain, rtol=0.01, atol=0.01)
+    else:
+        assert (other_contrast - plain).abs().max() > 1.0
 
 
 def test_a_torch_export_pickled_before_the_reference_option_scores_without_it() -> None:
@@ -282,7 +341,7 @@ def test_backbone_stays_in_eval_mode_while_training() -> None:
         ({"pool": 2}, r"pool must be an odd whole number .* got 2"),
         ({"pool": 0}, r"pool must be an odd whole number .* got 0"),
         ({"pool": True}, r"pool must be an odd whole number .* got True"),
-        ({"reference": "mean"}, r"reference must be one of \('none', 'median'\), got 'mean'"),
+        ({"reference": "mean"}, r"reference must be one of \('none', 'median', 'contrast'\), got 'mean'"),
         ({"fit_precision": "bfloat16"}, r"fit_precision must be one of \('float64', 'float32'\), got 'bfloat16'"),
     ],
 )

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--feature-ridge-reference",
-        choices=["none", "median"],
+        choices=["none", "median", "contrast"],
         default=None,
         help="what FeatureRidge refers each image's feature maps to (its default: none)",
     )

@@ -93,8 +93,9 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             (docs/method.md).
         reference: ``"none"`` (default), or ``"median"``: both maps (after ``pool``) minus their own
             per-channel median over the image, so that a shift of a whole image's features (another batch
-            of material, other lighting) scores nothing; measured in docs/method.md. A checkpoint from
-            before this option has ``"none"``.
+            of material, other lighting) scores nothing; or ``"contrast"``: that, over the image's own
+            contrast, so that a whole image that varies more strongly scores nothing either; both measured
+            in docs/method.md. A checkpoint from before this option has ``"none"``.
         keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
             can be added later with ``model.model.update(images)``; ``False`` gives smaller
             checkpoints.

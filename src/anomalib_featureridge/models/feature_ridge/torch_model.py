@@ -22,6 +22,8 @@ it only scores images of the training size. Both are convolutions after the back
 head, its fit and its exports read the same averaged maps: better on large, faint defects.
 ``reference="median"`` (off by default) then subtracts each map's own per-channel median, likewise
 before any head: what is left is how each position differs from the rest of its own image.
+``reference="contrast"`` also divides by the image's own contrast, so that a whole image that
+varies more or less strongly (another strip of cloth) moves no score either.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
 HEADS = ("gaussian", "local", "paper")
 # What each image's feature maps are taken relative to before any head reads them.
-REFERENCES = ("none", "median")
+REFERENCES = ("none", "median", "contrast")
+# Added to the contrast before dividing by it, so that a flat map is not blown up: features are O(1).
+CONTRAST_FLOOR = 0.01
 # Scoring options added after models were first saved, with the value a model saved before each existed scores with.
 OPTIONS_BEFORE_THEY_EXISTED = {"rank": None, "head": "paper", "region": 2, "pool": 1, "reference": "none"}
 # The dtype of each batch's products in a fit; the sums are float64 either way.
@@ -99,9 +103,27 @@ def refer_to_median(features: torch.Tensor) -> torch.Tensor:
     score, while a defect, a minority of the positions, does not move the median. The median is
     taken by ``topk`` because ONNX has no median operator.
     """
-    flat = features.flatten(2)
-    lower_half = torch.topk(flat, (flat.shape[-1] + 1) // 2, dim=-1, largest=False).values
-    return features - lower_half[..., -1:].unsqueeze(-1)
+    return features - lower_median(features.flatten(2)).unsqueeze(-1)
+
+
+def lower_median(values: torch.Tensor) -> torch.Tensor:
+    """The lower middle value along the last dimension, kept (as ``torch.median``), by ``topk`` so that it exports."""
+    return torch.topk(values, (values.shape[-1] + 1) // 2, dim=-1, largest=False).values[..., -1:]
+
+
+def refer_to_contrast(features: torch.Tensor) -> torch.Tensor:
+    """The median-referred map over its image's contrast: the median over channels of each channel's mean deviation.
+
+    One number per image and map, so the ratios between channels (the texture) stay, while a
+    whole image whose features vary more or less strongly than usual (another strip of cloth, another
+    exposure) is brought to the usual spread. Divided per channel instead, magnetic_tile's large
+    defects scored worse. The deviation is a mean, not a median: after a ReLU most positions of a
+    channel are often zero, and their median deviation with them (docs/method.md has the measurements).
+    """
+    referred = refer_to_median(features)
+    channel_deviations = referred.abs().flatten(2).mean(dim=-1, keepdim=True)
+    contrast = lower_median(channel_deviations.transpose(1, 2))
+    return referred / (contrast.unsqueeze(-1) + CONTRAST_FLOOR)
 
 
 def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -156,7 +178,8 @@ class FeatureRidgeModel(nn.Module):
             before any head reads it (Patchcore's locally aware features); ``1`` (default) takes none. It
             widens what one position sees: better on large, faint defects, worse on small ones.
         reference: ``"none"`` (default), or ``"median"``: after ``pool``, each map minus its own per-channel
-            median over the image's positions, so that a shift of a whole image's features scores nothing.
+            median over the image's positions, so that a shift of a whole image's features scores nothing;
+            or ``"contrast"``: that, divided by the image's contrast (``refer_to_contrast``).
         fit_precision: ``"float64"`` (default): the fit's products in float64, exact to float64 rounding.
             ``"float32"``: each batch's products in float32, summed in float64: a faster fit (most on
             GPUs with slow float64) whose map differs from the float64 one by float32 rounding.
@@ -287,8 +310,9 @@ class FeatureRidgeModel(nn.Module):
             shallow, deep = self.feature_extractor(images)
             if self.pool > 1:
                 shallow, deep = average_neighbours(shallow, self.pool), average_neighbours(deep, self.pool)
-            if self.reference == "median":
-                shallow, deep = refer_to_median(shallow), refer_to_median(deep)
+            if self.reference != "none":
+                refer = refer_to_median if self.reference == "median" else refer_to_contrast
+                shallow, deep = refer(shallow), refer(deep)
         return shallow, deep
 
     @torch.no_grad()
