@@ -1,5 +1,7 @@
 """FeatureRidgeModel: feature geometry, the conv form of the Ridge map, scoring and updates."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from conftest import small_model
@@ -91,7 +93,9 @@ def test_contrast_of_maps_mostly_zero_after_a_relu_is_not_zero() -> None:
 
 @pytest.mark.parametrize("head", ["paper", "gaussian", "local"])
 @pytest.mark.parametrize(("reference", "refer"), [("median", refer_to_median), ("contrast", refer_to_contrast)])
-def test_reference_comes_after_pool_before_every_head(head: str, reference: str, refer) -> None:
+def test_reference_comes_after_pool_before_every_head(
+    head: str, reference: str, refer: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
     images = torch.rand(2, 3, 64, 64)
     pooled, referred = small_model(head=head, pool=3), small_model(head=head, pool=3, reference=reference)
     for raw, taken in zip(pooled.backbone_maps(images), referred.backbone_maps(images), strict=True):
