@@ -62,8 +62,6 @@ class Reduction(Protocol):
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
 HEADS = ("gaussian", "local", "paper")
-# What each image's feature maps are taken relative to before any head reads them.
-REFERENCES = ("none", "median", "contrast")
 # Added to the contrast before dividing by it, so that a flat map is not blown up: features are O(1).
 CONTRAST_FLOOR = 0.01
 # Scoring options added after models were first saved, with the value a model saved before each existed scores with.
@@ -124,6 +122,11 @@ def refer_to_contrast(features: torch.Tensor) -> torch.Tensor:
     channel_deviations = referred.abs().flatten(2).mean(dim=-1, keepdim=True)
     contrast = lower_median(channel_deviations.transpose(1, 2))
     return referred / (contrast.unsqueeze(-1) + CONTRAST_FLOOR)
+
+
+# What each image's feature maps are taken relative to before any head reads them, and how.
+REFERRERS = {"median": refer_to_median, "contrast": refer_to_contrast}
+REFERENCES = ("none", *REFERRERS)
 
 
 def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -310,8 +313,8 @@ class FeatureRidgeModel(nn.Module):
             shallow, deep = self.feature_extractor(images)
             if self.pool > 1:
                 shallow, deep = average_neighbours(shallow, self.pool), average_neighbours(deep, self.pool)
-            if self.reference != "none":
-                refer = refer_to_median if self.reference == "median" else refer_to_contrast
+            if self.reference in REFERRERS:
+                refer = REFERRERS[self.reference]
                 shallow, deep = refer(shallow), refer(deep)
         return shallow, deep
 
