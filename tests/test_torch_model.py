@@ -102,38 +102,12 @@ def test_reference_comes_after_pool_before_every_head(
         torch.testing.assert_close(taken, refer(raw))
 
 
-class _ShiftedPerChannel(nn.Module):
-    """A feature extractor whose maps are all moved by one constant per channel: a whole image's shift."""
-
-    def __init__(self, extractor: nn.Module) -> None:
-        super().__init__()
-        self.extractor = extractor
-        self.feature_info = extractor.feature_info
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        generator = torch.Generator().manual_seed(3)
-        return [maps + torch.randn(1, maps.shape[1], 1, 1, generator=generator) for maps in self.extractor(images)]
-
-
-@pytest.mark.parametrize("reference", ["none", "median"])
-def test_median_reference_scores_a_shifted_image_as_the_image(reference: str) -> None:
-    model = small_model(head="local", reference=reference)
-    model.update(_normal_images(6, seed=1))
-    images = _normal_images(2, seed=2)
-    plain = model(images).anomaly_map
-    model.feature_extractor = _ShiftedPerChannel(model.feature_extractor)
-    shifted = model(images).anomaly_map
-    if reference == "median":
-        torch.testing.assert_close(shifted, plain, rtol=1e-4, atol=1e-4)
-    else:
-        assert (shifted - plain).abs().max() > 1.0
-
-
 class _ScaledAndShifted(nn.Module):
-    """A feature extractor whose maps are all scaled by one factor and moved per channel: another strip's contrast.
+    """A feature extractor whose maps are all scaled by one factor and, optionally, moved by one constant per channel.
 
-    The factor is large so that the features (of a tiny random network) are O(1), as a trained
-    backbone's are, and the floor added to the contrast is small beside it.
+    A whole image's shift (another batch, other lighting) or another contrast (another strip of
+    cloth). A large factor makes the features of a tiny random network O(1), as a trained backbone's
+    are, so that the floor added to the contrast is small beside them.
     """
 
     def __init__(self, extractor: nn.Module, factor: float, shift: bool) -> None:
@@ -148,6 +122,20 @@ class _ScaledAndShifted(nn.Module):
             self.factor * maps + self.shift * torch.randn(1, maps.shape[1], 1, 1, generator=generator)
             for maps in self.extractor(images)
         ]
+
+
+@pytest.mark.parametrize("reference", ["none", "median"])
+def test_median_reference_scores_a_shifted_image_as_the_image(reference: str) -> None:
+    model = small_model(head="local", reference=reference)
+    model.update(_normal_images(6, seed=1))
+    images = _normal_images(2, seed=2)
+    plain = model(images).anomaly_map
+    model.feature_extractor = _ScaledAndShifted(model.feature_extractor, factor=1.0, shift=True)
+    shifted = model(images).anomaly_map
+    if reference == "median":
+        torch.testing.assert_close(shifted, plain, rtol=1e-4, atol=1e-4)
+    else:
+        assert (shifted - plain).abs().max() > 1.0
 
 
 @pytest.mark.parametrize("reference", ["median", "contrast"])
