@@ -380,3 +380,16 @@ def test_accumulated_images_count_only_once_fitted() -> None:
     model.fit()
     assert float(model.statistics.count) == 2 * 64
     assert model.pending.is_empty
+
+
+@pytest.mark.parametrize(
+    ("sigma", "grid", "size"), [(1.0, (8, 6), (64, 48)), (4.0, (16, 16), (256, 256)), (4.0, (7, 9), (50, 70))]
+)
+def test_resized_blur_equals_anomalibs_2d_gaussian_after_interpolate(sigma: float, grid: tuple, size: tuple) -> None:
+    from anomalib.models.components import GaussianBlur2d
+
+    maps = torch.rand(2, 1, *grid) * 10
+    kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
+    blur = GaussianBlur2d(kernel_size=(kernel_size, kernel_size), sigma=(sigma, sigma), channels=1)
+    reference = blur(F.interpolate(maps, size=size, mode="bilinear", align_corners=False))
+    torch.testing.assert_close(SeparableGaussianBlur(sigma)(maps, size), reference, atol=1e-5, rtol=1e-5)

@@ -522,13 +522,10 @@ class FeatureRidgeModel(nn.Module):
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not bool(self.fitted):
             msg = "FeatureRidge has not been fitted: train it on normal images first (anomalib train / engine.fit)."
             raise RuntimeError(msg)
-        anomaly_map = F.interpolate(
-            self.patch_scores(images),
-            size=images.shape[-2:],
-            mode="bilinear",
-            align_corners=False,
-        )
-        if self.blur is not None:
-            anomaly_map = self.blur(anomaly_map)
+        patch_scores = self.patch_scores(images)
+        if self.blur is None:
+            anomaly_map = F.interpolate(patch_scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            anomaly_map = self.blur(patch_scores, images.shape[-2:])
         pred_score = torch.amax(anomaly_map, dim=(-3, -2, -1))
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
