@@ -127,15 +127,19 @@ def test_two_processes_fit_the_same_model_as_one(odd_root: Path, tmp_path: Path)
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-9
 
 
-@pytest.mark.parametrize("head", ["local", "gaussian"])
+@pytest.mark.parametrize("head", ["local", "gaussian", "two_scale"])
 def test_two_processes_fit_the_per_position_heads_as_one(odd_root: Path, tmp_path: Path, head: str) -> None:
     single, single_engine = _fit(odd_root, tmp_path / "one", devices=1, head=head)
     double, double_engine = _fit(odd_root, tmp_path / "two", devices=2, head=head)
     # Counted in images: the sampler's repeat is left out of the per-position sums too.
-    assert float(double.model.positions.count) == float(single.model.positions.count) == TRAIN_IMAGES
-    for name in single.model.positions.SUMS:
-        expected = getattr(single.model.positions, name)
-        torch.testing.assert_close(getattr(double.model.positions, name), expected, rtol=1e-12, atol=1e-9)
+    for statistics in ("positions", "coarse_positions")[: 2 if head == "two_scale" else 1]:
+        one, two = getattr(single.model, statistics), getattr(double.model, statistics)
+        assert float(two.count) == float(one.count) == TRAIN_IMAGES
+        for name in one.SUMS:
+            torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=1e-12, atol=1e-9)
+    if head == "two_scale":
+        # Percentiles of every process's training scores, without the sampler's repeat: one of the same scores.
+        torch.testing.assert_close(double.model.scales, single.model.scales, rtol=1e-6, atol=0)
     images = torch.rand(2, 3, *IMAGE_SIZE)
     single.eval(), double.eval()
     torch.testing.assert_close(double.model(images).anomaly_map, single.model(images).anomaly_map, rtol=1e-5, atol=1e-5)

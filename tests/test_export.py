@@ -74,6 +74,15 @@ def exported_local(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactor
     )
 
 
+@pytest.fixture(scope="module")
+def exported_two_scale(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same with the opt-in two-scale head: a second, coarse local head on every second position of averaged
+    maps, its erosion (a max pooling of the negated scores), a resize and the max of both over their percentiles."""
+    return _train_and_export(
+        synthetic_root, tmp_path_factory.mktemp("export_two_scale"), "two_scale", reference="contrast"
+    )
+
+
 def _reference(model: FeatureRidge, image_paths: list[Path]) -> dict[str, np.ndarray]:
     batch = torch.stack([read_image(path, as_tensor=True) for path in image_paths])
     with torch.no_grad():
@@ -101,16 +110,18 @@ def test_onnx_runtime_matches_torch_for_any_batch_size(exported: dict) -> None:
     assert set(reference["pred_label"].reshape(-1).tolist()) == {False, True}, "the check must see both labels"
 
 
-def test_onnx_runtime_matches_torch_with_the_local_head(exported_local: dict) -> None:
-    session = onnxruntime.InferenceSession(str(exported_local["paths"]["onnx"]), providers=["CPUExecutionProvider"])
+@pytest.mark.parametrize("fixture", ["exported_local", "exported_two_scale"])
+def test_onnx_runtime_matches_torch_with_the_local_heads(fixture: str, request: pytest.FixtureRequest) -> None:
+    exported = request.getfixturevalue(fixture)
+    session = onnxruntime.InferenceSession(str(exported["paths"]["onnx"]), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    paths = exported_local["images"][:3]
+    paths = exported["images"][:3]
     batch = np.stack([read_image(path, as_tensor=True).numpy() for path in paths])
     candidate = dict(zip(names, session.run(None, {session.get_inputs()[0].name: batch}), strict=True))
-    _assert_parity(_reference(exported_local["model"], paths), candidate)
+    _assert_parity(_reference(exported["model"], paths), candidate)
 
 
-@pytest.mark.parametrize("fixture", ["exported", "exported_gaussian", "exported_local"])
+@pytest.mark.parametrize("fixture", ["exported", "exported_gaussian", "exported_local", "exported_two_scale"])
 def test_openvino_inferencer_matches_torch(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--feature-ridge-head",
-        choices=["paper", "gaussian", "local"],
+        choices=["paper", "gaussian", "local", "two_scale"],
         default=None,
         help="FeatureRidge head (its default)",
     )

@@ -6,7 +6,8 @@ process the sums of the whole training set, so every process solves the same map
 would. ``DistributedDataParallel`` refuses a module without trainable parameters, and there are
 no gradients to average anyway: the processes only need the same weights at the start
 (:func:`synchronise`) and the all-reduce at the end (:class:`AllReduce`: the neighbourhood sums of
-the paper and gaussian heads, the per-position sums of the gaussian and local heads).
+the paper and gaussian heads, the per-position sums of the gaussian and local heads), and the
+two-scale head the scores of every process's training images for its percentiles.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:
             f"rank {differing[0]} has {everyone[differing[0]]}. Start every process with the same model settings."
         )
         raise ValueError(msg)
-    fitted = ("statistics.", "positions.")
+    fitted = ("statistics.", "positions.", "coarse_positions.")
     broadcast_from_rank_zero(tensor for name, tensor in module.state_dict().items() if not name.startswith(fitted))
 
 
@@ -129,3 +130,7 @@ class AllReduce:
     def sums(self, sums: MapSums | None, empty: MapSums) -> MapSums:
         """The per-position sums of every process."""
         return all_reduce_sums(sums, empty, self.device)
+
+    def gathered(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's ``values`` (1-D, on the CPU) joined in rank order: the two-scale head's training scores."""
+        return torch.cat([torch.as_tensor(part) for part in gather_objects(values.cpu())])

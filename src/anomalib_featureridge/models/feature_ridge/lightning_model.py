@@ -41,7 +41,7 @@ from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from . import distributed
 from .ridge import RidgeStatistics
-from .torch_model import OPTIONS_BEFORE_THEY_EXISTED, FeatureRidgeModel
+from .torch_model import LOCAL_HEADS, OPTIONS_BEFORE_THEY_EXISTED, FeatureRidgeModel
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,10 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             ``"local"`` (opt-in, ``--model.head local``): a Gaussian of the shallow features per position
             and a Ridge map from them to the deep ones per block of positions; the same limits as
             ``"gaussian"`` (docs/method.md). A checkpoint from before this option has the paper's head.
-        region: Side, in feature positions, of the blocks that share one map in the ``local`` head.
+            ``"two_scale"`` (opt-in, ``configs/feature_ridge_two_scale.yaml``): the local head and a coarse one on
+            averaged maps, the larger score of the two, each over its 99th percentile on the training images;
+            for hard textures. A fitted model is not updated with new images: fit it again on all of them.
+        region: Side, in feature positions, of the blocks that share one map in the local heads.
         pool: Side (odd) of the mean over neighbouring feature positions taken of both maps before the
             head; ``1`` (default) takes none. Better on large, faint defects, worse on small ones
             (docs/method.md).
@@ -308,14 +311,16 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def export_context(self) -> Iterator[None]:
         """Every export needs a fitted model and leaves the training-only statistics out (the live model keeps them)."""
         self._require_fitted()
-        statistics, positions = self.model.statistics, self.model.positions
-        self.model.statistics = RidgeStatistics().to(statistics.count.device)
-        if positions is not None:
-            self.model.positions = positions.empty_copy().to(positions.count.device)
+        kept = {name: getattr(self.model, name) for name in ("statistics", "positions", "coarse_positions")}
+        self.model.statistics = RidgeStatistics().to(kept["statistics"].count.device)
+        for name in ("positions", "coarse_positions"):
+            if kept[name] is not None:
+                setattr(self.model, name, kept[name].empty_copy().to(kept[name].count.device))
         try:
             yield
         finally:
-            self.model.statistics, self.model.positions = statistics, positions
+            for name, statistics in kept.items():
+                setattr(self.model, name, statistics)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -329,8 +334,8 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
 
 
 def _settings_of_head(settings: dict[str, Any]) -> dict[str, Any]:
-    """The scoring settings that the head's scores depend on: only the local head reads ``region``."""
-    if settings["head"] == "local":
+    """The scoring settings that the head's scores depend on: only the local heads read ``region``."""
+    if settings["head"] in LOCAL_HEADS:
         return settings
     return {key: value for key, value in settings.items() if key != "region"}
 

@@ -17,6 +17,8 @@ The default ``head="paper"`` is the paper's log squared error. The opt-in ``head
 centres the regression per position, scores the residual by its Mahalanobis norm and adds how
 typical the shallow features are (a Gaussian with a mean per position and a shared covariance);
 it only scores images of the training size. Both are convolutions after the backbone (docs/method.md).
+The opt-in ``head="local"`` keeps a Gaussian per position instead (local.py), and ``head="two_scale"``
+adds a second, coarse local head on averaged maps and takes the larger score of the two (two_scale.py).
 
 ``pool`` (off by default) averages both maps over neighbouring positions before any head, so every
 head, its fit and its exports read the same averaged maps: better on large, faint defects.
@@ -47,6 +49,7 @@ from .neighbourhood import NeighbourhoodMoments
 from .positions import PositionStatistics, solve_gaussian_head
 from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank, refuse_non_finite
 from .sums import MapSums
+from .two_scale import COARSE_POOL, calibration_scale, coarse_grid, coarse_on_fine_grid, two_scale_max
 
 
 class Reduction(Protocol):
@@ -58,10 +61,15 @@ class Reduction(Protocol):
     def sums(self, sums: MapSums | None, empty: MapSums) -> MapSums:
         """Every process's per-position sums; ``empty`` is a new set with the head's settings."""
 
+    def gathered(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's ``values`` (1-D) joined, in rank order."""
+
 
 NEIGHBOURHOOD = 3
 LOG_EPS = 1e-12
-HEADS = ("gaussian", "local", "paper")
+HEADS = ("gaussian", "local", "paper", "two_scale")
+# The heads made of local heads (local.py): ``two_scale`` is a fine one plus a coarse one (two_scale.py).
+LOCAL_HEADS = ("local", "two_scale")
 # Added to the contrast before dividing by it, so that a flat map is not blown up: features are O(1).
 CONTRAST_FLOOR = 0.01
 # Scoring options added after models were first saved, with the value a model saved before each existed scores with.
@@ -72,7 +80,11 @@ FIT_PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 # two whitening factors, stored packed (lower triangles).
 LOCAL_TENSORS = ("mean_x", "mean_y", "x_whitening", "regression", "residual_whitening")
 # Buffers of the gaussian and local heads sized by the feature grid, known only once data is seen.
-_GRID_BUFFERS = ("position_bias", "position_mean_x", *(f"local_{name}" for name in LOCAL_TENSORS))
+_GRID_BUFFERS = (
+    "position_bias",
+    "position_mean_x",
+    *(f"{head}_{name}" for head in ("local", "coarse") for name in LOCAL_TENSORS),
+)
 
 
 def neighbourhood_features(features: torch.Tensor) -> torch.Tensor:
@@ -175,8 +187,11 @@ class FeatureRidgeModel(nn.Module):
             it keeps a mean per position, so inputs must keep one size (the pre-processor's resize).
             ``"local"`` (opt-in): a Gaussian of the shallow features per position and a Ridge map from
             them to the deep ones per ``region x region`` block, score the Mahalanobis distance
-            (``local.py``); one input size, like ``"gaussian"``.
-        region: Side of the blocks of feature positions that share one map in the ``local`` head.
+            (``local.py``); one input size, like ``"gaussian"``. ``"two_scale"`` (opt-in): that head, and a
+            second one on every second position of maps averaged over 3 x 3 positions; the score is the larger
+            of the two, each over its 99th percentile on the training images (``two_scale.py``). One input size;
+            a fitted model takes no new images (its percentiles would need the earlier ones again).
+        region: Side of the blocks of feature positions that share one map in the local heads.
         pool: Side (odd) of the mean over neighbouring positions taken of each feature map on its own grid
             before any head reads it (Patchcore's locally aware features); ``1`` (default) takes none. It
             widens what one position sees: better on large, faint defects, worse on small ones.
@@ -238,8 +253,10 @@ class FeatureRidgeModel(nn.Module):
         self.statistics = RidgeStatistics()
         # Rows of the fit in progress: committed to ``statistics`` only by a successful :meth:`fit`.
         self.pending = self._new_pending()
-        # The gaussian or local head's pending per-position sums, likewise (see :meth:`_pending_positions`).
-        self.__dict__["_positions_pending"] = None
+        # The per-position heads' pending sums, likewise, by the attribute they are committed to
+        # (see :meth:`_pending_positions`); and the two-scale head's training maps, kept for its scales.
+        self.__dict__["_positions_pending"] = {}
+        self.__dict__["_training_maps"] = []
         head_channels = out_channels if rank is None else rank
         self.register_buffer("weight", torch.zeros(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
         # The low-rank map's 1x1 back-projection to the deep channels (orthonormal columns); None when full.
@@ -255,8 +272,8 @@ class FeatureRidgeModel(nn.Module):
 
     @property
     def uses_neighbourhood_sums(self) -> bool:
-        """Whether the head is solved from the 3x3-neighbourhood Ridge sums (all but the local head)."""
-        return self.head != "local"
+        """Whether the head is solved from the 3x3-neighbourhood Ridge sums (all but the local heads)."""
+        return self.head not in LOCAL_HEADS
 
     def _new_pending(self) -> NeighbourhoodMoments | None:
         """Empty neighbourhood sums for a fit; ``None`` for a head that does not read them."""
@@ -264,16 +281,21 @@ class FeatureRidgeModel(nn.Module):
 
     def _new_position_statistics(self) -> PositionStatistics | LocalStatistics | None:
         """Empty per-position statistics of the head; ``None`` for the paper head, which has none."""
-        if self.head == "local":
+        if self.head in LOCAL_HEADS:
             return LocalStatistics(self.region)
         return PositionStatistics() if self.head == "gaussian" else None
 
     def _register_per_position_heads(self, in_channels: int, out_channels: int) -> None:
-        """The gaussian and local heads' statistics and fitted tensors; ``None`` for the other heads."""
-        gaussian = self.head == "gaussian"
+        """The per-position heads' statistics and fitted tensors; ``None`` for the heads without them."""
+        gaussian, two_scale = self.head == "gaussian", self.head == "two_scale"
         self.positions = self._new_position_statistics()
+        # The two-scale head's coarse local head: its sums, its tensors, and both scales' training percentiles.
+        self.coarse_positions = self._new_position_statistics() if two_scale else None
         for name in LOCAL_TENSORS:
-            self.register_buffer(f"local_{name}", torch.empty(0) if self.head == "local" else None)
+            self.register_buffer(f"local_{name}", torch.empty(0) if self.head in LOCAL_HEADS else None)
+            self.register_buffer(f"coarse_{name}", torch.empty(0) if two_scale else None)
+        self.register_buffer("scales", torch.ones(2) if two_scale else None)
+        self.scales: torch.Tensor | None
         self.register_buffer("position_bias", torch.empty(0) if gaussian else None)
         self.register_buffer("position_mean_x", torch.empty(0) if gaussian else None)
         self.register_buffer("residual_whitening", torch.zeros(out_channels, out_channels, 1, 1) if gaussian else None)
@@ -304,6 +326,10 @@ class FeatureRidgeModel(nn.Module):
 
     def backbone_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the shallow and the deep map, each on its own grid (averaged over ``pool``, then referred)."""
+        return self._prepared(self._raw_maps(images), self.pool)
+
+    def _raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's shallow and deep map, as it gives them."""
         if images.ndim != 4 or images.shape[1] not in {1, 3}:
             msg = f"Expected images of shape (B, 3, H, W) (or (B, 1, H, W) grayscale), got {tuple(images.shape)}."
             raise ValueError(msg)
@@ -311,40 +337,62 @@ class FeatureRidgeModel(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         with torch.no_grad():
             shallow, deep = self.feature_extractor(images)
-            if self.pool > 1:
-                shallow, deep = average_neighbours(shallow, self.pool), average_neighbours(deep, self.pool)
-            if self.reference in REFERRERS:
-                refer = REFERRERS[self.reference]
-                shallow, deep = refer(shallow), refer(deep)
         return shallow, deep
+
+    def _prepared(self, maps: tuple[torch.Tensor, torch.Tensor], pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both maps averaged over ``pool`` positions, then referred to their image (``reference``)."""
+        shallow, deep = maps
+        if pool > 1:
+            shallow, deep = average_neighbours(shallow, pool), average_neighbours(deep, pool)
+        if self.reference in REFERRERS:
+            refer = REFERRERS[self.reference]
+            shallow, deep = refer(shallow), refer(deep)
+        return shallow, deep
+
+    def _coarse_maps(self, maps: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-scale head's coarse maps: averaged over ``COARSE_POOL`` and referred, on the coarse grid."""
+        shallow, deep = self._prepared(maps, COARSE_POOL)
+        shallow = coarse_grid(shallow)
+        return shallow, upsample_to(deep, shallow)
 
     @torch.no_grad()
     def accumulate(self, images: torch.Tensor) -> None:
-        """Add a batch of normal images to the pending statistics; :meth:`fit` commits them and re-solves."""
-        shallow, deep = self.backbone_maps(images)
+        """Add a batch of normal images to the pending statistics; :meth:`fit` commits them and re-solves.
+
+        The two-scale head also keeps the batch's backbone maps (on the CPU) until the fit: its scales
+        are percentiles of the solved heads' scores on them, a second pass that needs no second backbone run.
+        """
+        raw = self._raw_maps(images)
+        shallow, deep = self._prepared(raw, self.pool)
         refuse_non_finite(shallow, deep)
         if self.pending is not None:
             self.pending.add(shallow, deep)
         if self.positions is not None:
-            self._pending_positions().update(shallow, upsample_to(deep, shallow))
+            self._pending_positions("positions").update(shallow, upsample_to(deep, shallow))
+        if self.coarse_positions is not None:
+            self._pending_positions("coarse_positions").update(*self._coarse_maps(raw))
+            self._training_maps.append(tuple(tensor.cpu() for tensor in raw))
 
-    def _pending_positions(self) -> PositionStatistics:
-        """The gaussian or local head's per-position sums of the fit in progress (kept out of the state dict)."""
-        if self._positions_pending is None:
-            # Set through __dict__: a registered module would put an unfinished fit into checkpoints.
-            self.__dict__["_positions_pending"] = self._new_position_statistics().to(self.weight.device)
-        return self._positions_pending
+    def _pending_positions(self, name: str) -> PositionStatistics | LocalStatistics:
+        """The per-position sums of the fit in progress that ``fit`` adds to ``self.<name>`` (not in the state dict)."""
+        pending = self._positions_pending
+        if name not in pending:
+            # Kept in __dict__: a registered module would put an unfinished fit into checkpoints.
+            pending[name] = self._new_position_statistics().to(self.weight.device)
+        return pending[name]
 
     @property
     def has_pending(self) -> bool:
         """True when images were accumulated since the last fit (the fit in progress has rows to commit)."""
-        return any(pending is not None and not pending.is_empty for pending in (self.pending, self._positions_pending))
+        pending = [self.pending, *self._positions_pending.values()]
+        return any(sums is not None and not sums.is_empty for sums in pending)
 
     def discard_pending(self) -> bool:
         """Forget the rows accumulated since the last fit (an unfinished fit); True if there were any."""
         discarded = self.has_pending
         self.pending = self._new_pending()
-        self.__dict__["_positions_pending"] = None
+        self.__dict__["_positions_pending"] = {}
+        self.__dict__["_training_maps"] = []
         return discarded
 
     def fit_statistics(self) -> RidgeStatistics | LocalStatistics:
@@ -365,28 +413,30 @@ class FeatureRidgeModel(nn.Module):
         used up either way, so a failed fit is never counted twice.
         """
         pending, self.pending = self.pending, self._new_pending()
-        pending_positions = self._positions_pending
-        self.__dict__["_positions_pending"] = None
+        pending_positions, training_maps = self._positions_pending, self._training_maps
+        self.__dict__["_positions_pending"], self.__dict__["_training_maps"] = {}, []
         moments = None if pending is None or pending.is_empty else pending.moments()
         distinct = set() if pending is None else pending.distinct
         if reduce is not None and self.uses_neighbourhood_sums:
             moments, distinct = reduce.moments(moments, distinct)
-        if reduce is not None and self.positions is not None:
-            pending_positions = reduce.sums(pending_positions, self._new_position_statistics())
+        combined = {}
+        for name in ("positions", "coarse_positions"):
+            if getattr(self, name) is not None:
+                own = pending_positions.get(name)
+                if reduce is not None:
+                    own = reduce.sums(own, self._new_position_statistics())
+                combined[name] = getattr(self, name).combined_with(own)
         statistics = self.statistics if moments is None else self.statistics.combined_with(moments)
         if self.statistics.is_empty and moments is not None:
             self._warn_if_degenerate(float(moments.count), len(distinct))
-        if self.positions is not None:
-            positions = self.positions.combined_with(pending_positions)
-            if self.head == "local":
-                solved = solve_local_head(positions)
-                for name in ("x_whitening", "residual_whitening"):
-                    solved[name] = pack_lower(solved[name])
-                for name, value in solved.items():
-                    setattr(self, f"local_{name}", value.to(self.weight.dtype))
+        if combined:
+            if self.head in LOCAL_HEADS:
+                self._fit_local_heads(combined, training_maps, reduce)
             else:
-                self._fit_gaussian(statistics, positions)
-            self.statistics, self.positions = statistics, positions
+                self._fit_gaussian(statistics, combined["positions"])
+            self.statistics = statistics
+            for name, sums in combined.items():
+                setattr(self, name, sums)
             self._finish_fit()
             return
         if self.projection is None:
@@ -401,13 +451,59 @@ class FeatureRidgeModel(nn.Module):
         self.bias.copy_(bias)
         self._finish_fit()
 
+    def _fit_local_heads(
+        self,
+        combined: dict[str, LocalStatistics],
+        training_maps: list[tuple[torch.Tensor, torch.Tensor]],
+        reduce: Reduction | None,
+    ) -> None:
+        """Solve the local head (and the two-scale head's coarse one and scales); nothing changes if a step fails."""
+        dtype = self.weight.dtype
+        solved = {name: solve_local_head(sums) for name, sums in combined.items()}
+        heads = {name: {key: value.to(dtype) for key, value in tensors.items()} for name, tensors in solved.items()}
+        scales = None if self.scales is None else self._calibrated_scales(heads, training_maps, reduce)
+        for name, prefix in (("positions", "local"), ("coarse_positions", "coarse")):
+            for key, value in heads.get(name, {}).items():
+                packed = pack_lower(value) if key in ("x_whitening", "residual_whitening") else value
+                setattr(self, f"{prefix}_{key}", packed)
+        if scales is not None:
+            self.scales = scales.to(device=self.weight.device, dtype=dtype)
+
+    def _calibrated_scales(
+        self,
+        heads: dict[str, dict[str, torch.Tensor]],
+        training_maps: list[tuple[torch.Tensor, torch.Tensor]],
+        reduce: Reduction | None,
+    ) -> torch.Tensor:
+        """Both scales' training percentiles: the solved heads score this fit's kept maps (every process's)."""
+        if not training_maps and reduce is None:
+            msg = (
+                "The two-scale head's scales are percentiles of its scores on the training images of one fit, "
+                "and this fit kept none: fit on all the normal images at once (a fitted two-scale head cannot be "
+                "updated with new ones)."
+            )
+            raise ValueError(msg)
+        fine_scores, coarse_scores = [], []
+        for maps in training_maps:
+            raw = tuple(tensor.to(self.weight.device) for tensor in maps)
+            shallow, deep = self._prepared(raw, self.pool)
+            fine = local_scores(shallow, upsample_to(deep, shallow), heads["positions"], self.region)
+            coarse = local_scores(*self._coarse_maps(raw), heads["coarse_positions"], self.region)
+            fine_scores.append(fine.flatten().cpu())
+            coarse_scores.append(coarse_on_fine_grid(coarse, fine).flatten().cpu())
+        joined = [torch.cat(scores) if scores else torch.empty(0) for scores in (fine_scores, coarse_scores)]
+        if reduce is not None:
+            joined = [reduce.gathered(scores) for scores in joined]
+        return torch.stack([calibration_scale(scores) for scores in joined])
+
     def _finish_fit(self) -> None:
         """Mark the model fitted and drop the statistics unless they are kept for updates."""
         self.fitted.fill_(True)
         if not self.keep_statistics:
             self.statistics.clear()
-            if self.positions is not None:
-                self.positions.clear()
+            for sums in (self.positions, self.coarse_positions):
+                if sums is not None:
+                    sums.clear()
 
     def _warn_if_degenerate(self, rows: float, distinct: int) -> None:
         """Warn when the training rows cannot determine the map: fewer distinct ones than inputs."""
@@ -437,7 +533,18 @@ class FeatureRidgeModel(nn.Module):
         self.x_whitening.copy_(solved["x_whitening"][:, :, None, None])
 
     def require_statistics(self) -> None:
-        """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost."""
+        """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost.
+
+        A fitted two-scale head is refused too: its scales are percentiles of its scores on every training
+        image, which an update would need again.
+        """
+        if self.head == "two_scale" and bool(self.fitted):
+            msg = (
+                "A fitted two-scale head cannot take new images: its scales are percentiles of its scores on "
+                "every training image, which it does not keep. Fit a new model on all the normal images, or use "
+                "head='local', whose updates are exact."
+            )
+            raise RuntimeError(msg)
         if self.fit_statistics().is_empty and bool(self.fitted):
             msg = (
                 "This model's sufficient statistics were dropped (keep_statistics=False), so new images would "
@@ -466,10 +573,12 @@ class FeatureRidgeModel(nn.Module):
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Patch scores on the shallow grid, ``(B, 1, h, w)``: the head's distance from normal."""
+        if self.head == "two_scale":
+            return self._two_scale_scores(self._raw_maps(images))
         shallow, deep = self.extract(images)
         if self.head == "local":
             self._check_grid(shallow, self.local_mean_x)
-            return local_scores(shallow, deep, self._local_head(), self.region)
+            return local_scores(shallow, deep, self._local_head("local"), self.region)
         if self.position_bias is not None:
             return self._gaussian_scores(shallow, deep)
         if self.projection is None:
@@ -479,25 +588,40 @@ class FeatureRidgeModel(nn.Module):
             predicted = F.conv2d(reduced, self.projection, self.bias)
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
 
+    def _two_scale_scores(self, maps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The larger of the fine and the eroded coarse local head's score, each over its training percentile."""
+        shallow, deep = self._prepared(maps, self.pool)
+        self._check_grid(shallow, self.local_mean_x)
+        fine = local_scores(shallow, upsample_to(deep, shallow), self._local_head("local"), self.region)
+        coarse = local_scores(*self._coarse_maps(maps), self._local_head("coarse"), self.region)
+        return two_scale_max(fine, coarse, self.scales)
+
     def __getstate__(self) -> dict:
-        """Pickle (``torch.save``, the torch export) without the unpacked factors: they double the local head."""
-        return {name: value for name, value in self.__dict__.items() if name != "_local_unpacked"}
+        """Pickle (``torch.save``, the torch export) without the unpacked factors or a fit in progress.
+
+        The unpacked factors would double the local heads' size; a fit in progress is not the model's.
+        """
+        unpickled = ("_local_unpacked", "_positions_pending", "_training_maps")
+        return {name: value for name, value in self.__dict__.items() if name not in unpickled}
 
     def __setstate__(self, state: dict) -> None:
         """Unpickle (a torch export); one pickled before an option existed scores without it."""
-        super().__setstate__({**OPTIONS_BEFORE_THEY_EXISTED, **state})
+        fresh = {"_positions_pending": {}, "_training_maps": []}
+        super().__setstate__({**OPTIONS_BEFORE_THEY_EXISTED, **state, **fresh})
 
-    def _local_head(self) -> dict[str, torch.Tensor]:
-        """The local head's tensors with its whitening factors unpacked, kept until the packed ones change."""
-        packed = (self.local_x_whitening, self.local_residual_whitening)
+    def _local_head(self, prefix: str) -> dict[str, torch.Tensor]:
+        """A local head's tensors (buffers ``<prefix>_<name>``), its whitening factors unpacked.
+
+        The unpacked factors are kept until the packed ones change.
+        """
+        packed = (getattr(self, f"{prefix}_x_whitening"), getattr(self, f"{prefix}_residual_whitening"))
         key = tuple((id(tensor), tensor._version, tensor.device, tensor.dtype) for tensor in packed)
-        cached = self.__dict__.get("_local_unpacked")
-        if cached is None or cached[0] != key:
-            sizes = (self.weight.shape[1], self.local_mean_y.shape[0])
-            unpacked = [unpack_lower(tensor, size) for tensor, size in zip(packed, sizes, strict=True)]
-            cached = (key, dict(zip(("x_whitening", "residual_whitening"), unpacked, strict=True)))
-            self.__dict__["_local_unpacked"] = cached
-        return {**{name: getattr(self, f"local_{name}") for name in LOCAL_TENSORS}, **cached[1]}
+        unpacked = self.__dict__.setdefault("_local_unpacked", {})
+        if prefix not in unpacked or unpacked[prefix][0] != key:
+            sizes = (self.weight.shape[1], getattr(self, f"{prefix}_mean_y").shape[0])
+            factors = [unpack_lower(tensor, size) for tensor, size in zip(packed, sizes, strict=True)]
+            unpacked[prefix] = (key, dict(zip(("x_whitening", "residual_whitening"), factors, strict=True)))
+        return {**{name: getattr(self, f"{prefix}_{name}") for name in LOCAL_TENSORS}, **unpacked[prefix][1]}
 
     def _check_grid(self, shallow: torch.Tensor, fitted_map: torch.Tensor) -> None:
         """Per-position heads score only maps of the grid they were fitted on."""
