@@ -278,7 +278,7 @@ def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
     torch.testing.assert_close(with_region.model(images).anomaly_map, restored.model(images).anomaly_map)
 
 
-@pytest.mark.parametrize("head", ["gaussian", "local"])
+@pytest.mark.parametrize("head", ["gaussian", "local", "two_scale"])
 def test_per_position_checkpoint_gives_its_head_to_a_default_model_and_refuses_another_value(
     head: str, synthetic_root: Path, tmp_path: Path
 ) -> None:
@@ -293,11 +293,14 @@ def test_per_position_checkpoint_gives_its_head_to_a_default_model_and_refuses_a
     checkpoint = torch.load(path, weights_only=False)
     with pytest.raises(ValueError, match=r"trained with .*alpha=1\.0.*configured with .*alpha=2\.0.*--model\.alpha"):
         _model(head=head, alpha=2.0).on_load_checkpoint(checkpoint)
-    if head == "local":
+    if head == "gaussian":
+        _model(head=head, region=3).on_load_checkpoint(checkpoint)  # only the local heads read region
+    else:
         with pytest.raises(ValueError, match=r"trained with .*region=2.*configured with .*region=3.*--model\.region"):
             _model(head=head, region=3).on_load_checkpoint(checkpoint)
-    else:
-        _model(head=head, region=3).on_load_checkpoint(checkpoint)  # only the local head reads region
+    if head == "two_scale":  # training the checkpoint again would add images, which this head cannot take
+        with pytest.raises(RuntimeError, match="two-scale head cannot take new images"):
+            restored.on_train_start()
     with pytest.raises(ValueError, match=r"trained with .*pool=1.*configured with .*pool=3.*--model\.pool"):
         _model(head=head, pool=3).on_load_checkpoint(checkpoint)
 
