@@ -7,9 +7,19 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..deploy.precision import UNPINNED_PRECISION_WARNING
 
 logger = logging.getLogger(__name__)
+
+
+def is_exporting() -> bool:
+    """True while a model is traced or compiled (an ONNX, OpenVINO or TorchScript export), not run eagerly.
+
+    Then checks that read a tensor's value must be skipped, and only operators the formats have may run.
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 class PreparedExportMixin:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_featureridge.components.export import is_exporting
+
 SCORERS = ("cosine", "lof")
 LOF_EPS = 1e-10
 
@@ -75,7 +77,7 @@ class EmbeddingBank(nn.Module):
 
     def lof_score(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Local outlier factor among the good embeddings, ``(B,)``."""
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and self.density.shape[0] == 0:
+        if not is_exporting() and self.density.shape[0] == 0:
             check_neighbours(self.n_neighbors, self.embeddings.shape[0])
         distances = euclidean_distances(F.normalize(embeddings, dim=1), self.embeddings)
         neighbour_distances, neighbours = distances.topk(self.n_neighbors, dim=1, largest=False)

@@ -24,6 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_featureridge.components.export import is_exporting
 from anomalib_featureridge.components.feature_extractor import available_layers, create_feature_extractor
 
 from .heads import MetricHead, make_head
@@ -190,11 +191,11 @@ class SyntheticDefectMetricModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score a batch: distance to the good embeddings, and the defect-class activation map."""
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and self.bank.is_empty:
+        if not is_exporting() and self.bank.is_empty:
             msg = "SyntheticDefectMetric has no good embeddings yet: train it first (anomalib train / engine.fit)."
             raise RuntimeError(msg)
         if self.anomaly_map == "grad_cam":
-            if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            if is_exporting():
                 msg = (
                     "anomaly_map='grad_cam' needs autograd at inference and cannot be exported. Export with "
                     "anomaly_map='cam' (--model.anomaly_map cam): the scores are the same, only the map differs."
