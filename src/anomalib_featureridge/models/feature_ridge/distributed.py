@@ -24,6 +24,7 @@ from anomalib_featureridge.components.distributed import broadcast_from_rank_zer
 
 from .ridge import RidgeMoments
 from .sums import MapSums
+from .torch_model import POSITION_STATISTICS
 
 
 def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:
@@ -36,7 +37,7 @@ def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:
             f"rank {differing[0]} has {everyone[differing[0]]}. Start every process with the same model settings."
         )
         raise ValueError(msg)
-    fitted = ("statistics.", "positions.", "coarse_positions.")
+    fitted = tuple(f"{name}." for name in ("statistics", *POSITION_STATISTICS))
     broadcast_from_rank_zero(tensor for name, tensor in module.state_dict().items() if not name.startswith(fitted))
 
 

@@ -41,7 +41,7 @@ from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from . import distributed
 from .ridge import RidgeStatistics
-from .torch_model import LOCAL_HEADS, OPTIONS_BEFORE_THEY_EXISTED, FeatureRidgeModel
+from .torch_model import LOCAL_HEADS, OPTIONS_BEFORE_THEY_EXISTED, POSITION_STATISTICS, FeatureRidgeModel
 
 logger = logging.getLogger(__name__)
 
@@ -311,9 +311,9 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def export_context(self) -> Iterator[None]:
         """Every export needs a fitted model and leaves the training-only statistics out (the live model keeps them)."""
         self._require_fitted()
-        kept = {name: getattr(self.model, name) for name in ("statistics", "positions", "coarse_positions")}
+        kept = {name: getattr(self.model, name) for name in ("statistics", *POSITION_STATISTICS)}
         self.model.statistics = RidgeStatistics().to(kept["statistics"].count.device)
-        for name in ("positions", "coarse_positions"):
+        for name in POSITION_STATISTICS:
             if kept[name] is not None:
                 setattr(self.model, name, kept[name].empty_copy().to(kept[name].count.device))
         try:

@@ -80,11 +80,16 @@ FIT_PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 # The local head's fitted tensors (buffers ``local_<name>``), as solve_local_head returns them but for the
 # two whitening factors, stored packed (lower triangles).
 LOCAL_TENSORS = ("mean_x", "mean_y", "x_whitening", "regression", "residual_whitening")
+# The per-position statistics a head can have (committed by a fit, left out of exports and of the start-of-fit
+# broadcast), each with the prefix of the local head's buffers solved from it (``<prefix>_<tensor>``):
+# ``positions`` is the gaussian or local head's, ``coarse_positions`` the two-scale head's coarse head's.
+LOCAL_HEAD_PREFIXES = {"positions": "local", "coarse_positions": "coarse"}
+POSITION_STATISTICS = tuple(LOCAL_HEAD_PREFIXES)
 # Buffers of the gaussian and local heads sized by the feature grid, known only once data is seen.
 _GRID_BUFFERS = (
     "position_bias",
     "position_mean_x",
-    *(f"{head}_{name}" for head in ("local", "coarse") for name in LOCAL_TENSORS),
+    *(f"{prefix}_{name}" for prefix in LOCAL_HEAD_PREFIXES.values() for name in LOCAL_TENSORS),
 )
 
 
@@ -430,7 +435,7 @@ class FeatureRidgeModel(nn.Module):
         if reduce is not None and self.uses_neighbourhood_sums:
             moments, distinct = reduce.moments(moments, distinct)
         combined = {}
-        for name in ("positions", "coarse_positions"):
+        for name in POSITION_STATISTICS:
             if getattr(self, name) is not None:
                 own = pending_positions.get(name)
                 if reduce is not None:
@@ -472,7 +477,7 @@ class FeatureRidgeModel(nn.Module):
         solved = {name: solve_local_head(sums) for name, sums in combined.items()}
         heads = {name: {key: value.to(dtype) for key, value in tensors.items()} for name, tensors in solved.items()}
         scales = None if self.scales is None else self._calibrated_scales(heads, training_maps, reduce)
-        for name, prefix in (("positions", "local"), ("coarse_positions", "coarse")):
+        for name, prefix in LOCAL_HEAD_PREFIXES.items():
             for key, value in heads.get(name, {}).items():
                 packed = pack_lower(value) if key in ("x_whitening", "residual_whitening") else value
                 setattr(self, f"{prefix}_{key}", packed)
@@ -511,9 +516,9 @@ class FeatureRidgeModel(nn.Module):
         self.fitted.fill_(True)
         if not self.keep_statistics:
             self.statistics.clear()
-            for sums in (self.positions, self.coarse_positions):
-                if sums is not None:
-                    sums.clear()
+            for name in POSITION_STATISTICS:
+                if getattr(self, name) is not None:
+                    getattr(self, name).clear()
 
     def _warn_if_degenerate(self, rows: float, distinct: int) -> None:
         """Warn when the training rows cannot determine the map: fewer distinct ones than inputs."""
