@@ -5,10 +5,10 @@ faint ones (magnetic_tile's uneven grinding); one on maps averaged over 3 x 3 po
 blurs the small ones. The two-scale head keeps both and takes, at each position, the larger of the two
 scores, each divided by its 99th percentile over the training images' positions, so that both speak in
 one unit ("1 is as unusual as the 1 % most unusual normal patches"). The coarse head reads every
-second position of the averaged maps: a quarter of the fine head's grid, so the two heads together
-stay within a fifth of Padim's size. Its scores are eroded (a 3 x 3 minimum) before the max, which
-takes back the halo that averaging spreads around a small defect. Each rule was measured
-(docs/method.md, "The two-scale head").
+second position of the averaged shallow map (the deep map is already on that grid): a quarter of the
+fine head's positions, so the two heads together are about a fifth of Padim's size. Its scores are
+eroded (a 3 x 3 minimum) before the max, which takes back the halo that averaging spreads around a
+small defect. Each rule was measured (docs/method.md, "The opt-in head: head="two_scale"").
 """
 
 from __future__ import annotations
