@@ -474,11 +474,13 @@ class FeatureRidgeModel(nn.Module):
     ) -> None:
         """Solve the local head (and the two-scale head's coarse one and scales); nothing changes if a step fails."""
         dtype = self.weight.dtype
-        solved = {name: solve_local_head(sums) for name, sums in combined.items()}
-        heads = {name: {key: value.to(dtype) for key, value in tensors.items()} for name, tensors in solved.items()}
+        heads = {
+            LOCAL_HEAD_PREFIXES[name]: {key: value.to(dtype) for key, value in solve_local_head(sums).items()}
+            for name, sums in combined.items()
+        }
         scales = None if self.scales is None else self._calibrated_scales(heads, training_maps, reduce)
-        for name, prefix in LOCAL_HEAD_PREFIXES.items():
-            for key, value in heads.get(name, {}).items():
+        for prefix, tensors in heads.items():
+            for key, value in tensors.items():
                 packed = pack_lower(value) if key in ("x_whitening", "residual_whitening") else value
                 setattr(self, f"{prefix}_{key}", packed)
         if scales is not None:
@@ -490,7 +492,7 @@ class FeatureRidgeModel(nn.Module):
         training_maps: list[tuple[torch.Tensor, torch.Tensor]],
         reduce: Reduction | None,
     ) -> torch.Tensor:
-        """Both scales' training percentiles: the solved heads score this fit's kept maps (every process's)."""
+        """Both scales' training percentiles: the solved heads (by buffer prefix) score this fit's kept maps."""
         if not training_maps and reduce is None:
             msg = (
                 "The two-scale head's scales are percentiles of its scores on the training images of one fit, "
@@ -500,12 +502,9 @@ class FeatureRidgeModel(nn.Module):
             raise ValueError(msg)
         fine_scores, coarse_scores = [], []
         for maps in training_maps:
-            raw = tuple(tensor.to(self.weight.device) for tensor in maps)
-            shallow, deep = self._prepared(raw, self.pool)
-            fine = local_scores(shallow, upsample_to(deep, shallow), heads["positions"], self.region)
-            coarse = local_scores(*self._coarse_maps(raw), heads["coarse_positions"], self.region)
+            fine, coarse = self._two_scale_parts(tuple(tensor.to(self.weight.device) for tensor in maps), heads)
             fine_scores.append(fine.flatten().cpu())
-            coarse_scores.append(coarse_on_fine_grid(coarse, fine).flatten().cpu())
+            coarse_scores.append(coarse.flatten().cpu())
         joined = [torch.cat(scores) if scores else torch.empty(0) for scores in (fine_scores, coarse_scores)]
         if reduce is not None:
             joined = [reduce.gathered(scores) for scores in joined]
@@ -605,11 +604,21 @@ class FeatureRidgeModel(nn.Module):
 
     def _two_scale_scores(self, maps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The larger of the fine and the eroded coarse local head's score, each over its training percentile."""
+        heads = {prefix: self._local_head(prefix) for prefix in LOCAL_HEAD_PREFIXES.values()}
+        return two_scale_max(*self._two_scale_parts(maps, heads), self.scales)
+
+    def _two_scale_parts(
+        self, maps: tuple[torch.Tensor, torch.Tensor], heads: dict[str, dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fine head's scores and the coarse head's, eroded and on the fine grid, of the backbone's ``maps``.
+
+        ``heads`` holds each local head's tensors by buffer prefix: the fitted ones, or those of a fit in progress.
+        """
         shallow, deep = self._prepared(maps, self.pool)
-        self._check_grid(shallow, self.local_mean_x)
-        fine = local_scores(shallow, upsample_to(deep, shallow), self._local_head("local"), self.region)
-        coarse = local_scores(*self._coarse_maps(maps), self._local_head("coarse"), self.region)
-        return two_scale_max(fine, coarse, self.scales)
+        self._check_grid(shallow, heads["local"]["mean_x"])
+        fine = local_scores(shallow, upsample_to(deep, shallow), heads["local"], self.region)
+        coarse = local_scores(*self._coarse_maps(maps), heads["coarse"], self.region)
+        return fine, coarse_on_fine_grid(coarse, fine)
 
     def __getstate__(self) -> dict:
         """Pickle (``torch.save``, the torch export) without the unpacked factors or a fit in progress.

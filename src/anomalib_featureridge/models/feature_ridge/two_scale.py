@@ -40,11 +40,11 @@ def coarse_on_fine_grid(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tenso
 
 
 def two_scale_max(fine: torch.Tensor, coarse: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The larger of the fine and the eroded coarse score at each fine position, each over its training percentile.
+    """The larger of the fine and the coarse score (on the fine grid) at each position, each over its percentile.
 
-    ``scales`` holds the two percentiles, fine first (:func:`calibration_scale`).
+    ``scales`` holds the two training percentiles, fine first (:func:`calibration_scale`).
     """
-    return torch.maximum(fine / scales[0], coarse_on_fine_grid(coarse, fine) / scales[1])
+    return torch.maximum(fine / scales[0], coarse / scales[1])
 
 
 def calibration_scale(training_scores: torch.Tensor) -> torch.Tensor:
