@@ -373,9 +373,10 @@ class FeatureRidgeModel(nn.Module):
 
         The two-scale head also keeps the batch's backbone maps (on the CPU) until the fit: its scales
         are percentiles of the solved heads' scores on them, a second pass that needs no second backbone run.
-        A fitted two-scale head refuses the batch (:meth:`require_statistics`), whichever way it arrives.
+        A fitted model that cannot take new images refuses the batch (:meth:`require_statistics`), whichever
+        way it arrives (``update``, a training step, a hand-made fit).
         """
-        if self.head == "two_scale" and bool(self.fitted):
+        if bool(self.fitted):
             self.require_statistics()
         raw = self._raw_maps(images)
         shallow, deep = self._prepared(raw, self.pool)
