@@ -134,4 +134,4 @@ class AllReduce:
 
     def gathered(self, values: torch.Tensor) -> torch.Tensor:
         """Every process's ``values`` (1-D, on the CPU) joined in rank order: the two-scale head's training scores."""
-        return torch.cat([torch.as_tensor(part) for part in gather_objects(values.cpu())])
+        return torch.cat(gather_objects(values.cpu()))
