@@ -131,9 +131,10 @@ def test_whitening_factors_are_stored_as_packed_lower_triangles() -> None:
     assert model.local_x_whitening.shape[-1] == channels * (channels + 1) // 2
 
 
-def test_local_head_update_after_scoring_equals_a_full_refit() -> None:
+@pytest.mark.parametrize("head", ["local", "two_scale"])
+def test_local_head_update_after_scoring_equals_a_full_refit(head: str) -> None:
     first, second, test = _normal_images(4, seed=1), _normal_images(3, seed=2), torch.rand(2, 3, 64, 64)
-    incremental, full = small_model(head="local"), small_model(head="local")
+    incremental, full = small_model(head=head), small_model(head=head)
     incremental.update(first)
     before = incremental.patch_scores(test)  # fills the unpacked-factor cache, which the update must refresh
     incremental.update(second)

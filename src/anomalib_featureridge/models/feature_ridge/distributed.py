@@ -6,8 +6,7 @@ process the sums of the whole training set, so every process solves the same map
 would. ``DistributedDataParallel`` refuses a module without trainable parameters, and there are
 no gradients to average anyway: the processes only need the same weights at the start
 (:func:`synchronise`) and the all-reduce at the end (:class:`AllReduce`: the neighbourhood sums of
-the paper and gaussian heads, the per-position sums of the gaussian and local heads), and the
-two-scale head the scores of every process's training images for its percentiles.
+the paper and gaussian heads, the per-position sums of the gaussian and local heads).
 """
 
 from __future__ import annotations
@@ -131,7 +130,3 @@ class AllReduce:
     def sums(self, sums: MapSums | None, empty: MapSums) -> MapSums:
         """The per-position sums of every process."""
         return all_reduce_sums(sums, empty, self.device)
-
-    def gathered(self, values: torch.Tensor) -> torch.Tensor:
-        """Every process's ``values`` (1-D, on the CPU) joined in rank order: the two-scale head's training scores."""
-        return torch.cat(gather_objects(values.cpu()))

@@ -88,8 +88,8 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             and a Ridge map from them to the deep ones per block of positions; the same limits as
             ``"gaussian"`` (docs/method.md). A checkpoint from before this option has the paper's head.
             ``"two_scale"`` (opt-in, ``configs/feature_ridge_two_scale.yaml``): the local head and a coarse one on
-            averaged maps, the larger score of the two, each over its 99th percentile on the training images;
-            for hard textures. A fitted model is not updated with new images: fit it again on all of them.
+            averaged maps, the larger of the fine score and the eroded coarse one times a fixed weight; for hard
+            textures. The same limits as ``"local"``, and updates as exact.
         region: Side, in feature positions, of the blocks that share one map in the local heads.
         pool: Side (odd) of the mean over neighbouring feature positions taken of both maps before the
             head; ``1`` (default) takes none. Better on large, faint defects, worse on small ones

@@ -50,7 +50,7 @@ from .neighbourhood import NeighbourhoodMoments
 from .positions import PositionStatistics, solve_gaussian_head
 from .ridge import RidgeMoments, RidgeStatistics, check_alpha, check_rank, refuse_non_finite
 from .sums import MapSums
-from .two_scale import COARSE_POOL, calibration_scale, coarse_grid, coarse_on_fine_grid, two_scale_max
+from .two_scale import COARSE_POOL, coarse_grid, coarse_on_fine_grid, fixed_scales, two_scale_max
 
 
 class Reduction(Protocol):
@@ -61,9 +61,6 @@ class Reduction(Protocol):
 
     def sums(self, sums: MapSums | None, empty: MapSums) -> MapSums:
         """Every process's per-position sums; ``empty`` is a new set with the head's settings."""
-
-    def gathered(self, values: torch.Tensor) -> torch.Tensor:
-        """Every process's ``values`` (1-D) joined, in rank order."""
 
 
 NEIGHBOURHOOD = 3
@@ -200,9 +197,9 @@ class FeatureRidgeModel(nn.Module):
             ``"local"`` (opt-in): a Gaussian of the shallow features per position and a Ridge map from
             them to the deep ones per ``region x region`` block, score the Mahalanobis distance
             (``local.py``); one input size, like ``"gaussian"``. ``"two_scale"`` (opt-in): that head, and a
-            second one on every second position of maps averaged over 3 x 3 positions; the score is the larger
-            of the two, each over its 99th percentile on the training images (``two_scale.py``). One input size;
-            a fitted model takes no new images (its percentiles would need the earlier ones again).
+            second one on every second position of maps averaged over 3 x 3 positions, its scores eroded; the
+            score is the larger of the fine one and the coarse one times a fixed weight (``two_scale.py``). One
+            input size, like ``"local"``, and updates as exact.
         region: Side of the blocks of feature positions that share one map in the local heads.
         pool: Side (odd) of the mean over neighbouring positions taken of each feature map on its own grid
             before any head reads it (Patchcore's locally aware features); ``1`` (default) takes none. It
@@ -266,9 +263,8 @@ class FeatureRidgeModel(nn.Module):
         # Rows of the fit in progress: committed to ``statistics`` only by a successful :meth:`fit`.
         self.pending = self._new_pending()
         # The per-position heads' pending sums, likewise, by the attribute they are committed to
-        # (see :meth:`_pending_positions`); and the two-scale head's training maps, kept for its scales.
+        # (see :meth:`_pending_positions`).
         self.__dict__["_positions_pending"] = {}
-        self.__dict__["_training_maps"] = []
         head_channels = out_channels if rank is None else rank
         self.register_buffer("weight", torch.zeros(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
         # The low-rank map's 1x1 back-projection to the deep channels (orthonormal columns); None when full.
@@ -301,7 +297,7 @@ class FeatureRidgeModel(nn.Module):
         """The per-position heads' statistics and fitted tensors; ``None`` for the heads without them."""
         gaussian, two_scale = self.head == "gaussian", self.head == "two_scale"
         self.positions = self._new_position_statistics()
-        # The two-scale head's coarse local head: its sums, its tensors, and both scales' training percentiles.
+        # The two-scale head's coarse local head: its sums, its tensors, and the divisors of both scales' scores.
         self.coarse_positions = self._new_position_statistics() if two_scale else None
         for name in LOCAL_TENSORS:
             self.register_buffer(f"local_{name}", torch.empty(0) if self.head in LOCAL_HEADS else None)
@@ -371,8 +367,6 @@ class FeatureRidgeModel(nn.Module):
     def accumulate(self, images: torch.Tensor) -> None:
         """Add a batch of normal images to the pending statistics; :meth:`fit` commits them and re-solves.
 
-        The two-scale head also keeps the batch's backbone maps (on the CPU) until the fit: its scales
-        are percentiles of the solved heads' scores on them, a second pass that needs no second backbone run.
         A fitted model that cannot take new images refuses the batch (:meth:`require_statistics`), whichever
         way it arrives (``update``, a training step, a hand-made fit).
         """
@@ -387,7 +381,6 @@ class FeatureRidgeModel(nn.Module):
             self._pending_positions("positions").update(shallow, upsample_to(deep, shallow))
         if self.coarse_positions is not None:
             self._pending_positions("coarse_positions").update(*self._coarse_maps(raw))
-            self._training_maps.append(tuple(tensor.cpu() for tensor in raw))
 
     def _pending_positions(self, name: str) -> PositionStatistics | LocalStatistics:
         """The per-position sums of the fit in progress that ``fit`` adds to ``self.<name>`` (not in the state dict)."""
@@ -408,7 +401,6 @@ class FeatureRidgeModel(nn.Module):
         discarded = self.has_pending
         self.pending = self._new_pending()
         self.__dict__["_positions_pending"] = {}
-        self.__dict__["_training_maps"] = []
         return discarded
 
     def fit_statistics(self) -> RidgeStatistics | LocalStatistics:
@@ -429,8 +421,7 @@ class FeatureRidgeModel(nn.Module):
         used up either way, so a failed fit is never counted twice.
         """
         pending, self.pending = self.pending, self._new_pending()
-        pending_positions, training_maps = self._positions_pending, self._training_maps
-        self.__dict__["_positions_pending"], self.__dict__["_training_maps"] = {}, []
+        pending_positions, self.__dict__["_positions_pending"] = self._positions_pending, {}
         moments = None if pending is None or pending.is_empty else pending.moments()
         distinct = set() if pending is None else pending.distinct
         if reduce is not None and self.uses_neighbourhood_sums:
@@ -447,7 +438,7 @@ class FeatureRidgeModel(nn.Module):
             self._warn_if_degenerate(float(moments.count), len(distinct))
         if combined:
             if self.head in LOCAL_HEADS:
-                self._fit_local_heads(combined, training_maps, reduce)
+                self._fit_local_heads(combined)
             else:
                 self._fit_gaussian(statistics, combined["positions"])
             self.statistics = statistics
@@ -467,49 +458,23 @@ class FeatureRidgeModel(nn.Module):
         self.bias.copy_(bias)
         self._finish_fit()
 
-    def _fit_local_heads(
-        self,
-        combined: dict[str, LocalStatistics],
-        training_maps: list[tuple[torch.Tensor, torch.Tensor]],
-        reduce: Reduction | None,
-    ) -> None:
-        """Solve the local head (and the two-scale head's coarse one and scales); nothing changes if a step fails."""
+    def _fit_local_heads(self, combined: dict[str, LocalStatistics]) -> None:
+        """Solve the local head (and the two-scale head's coarse one); nothing changes if a solve fails.
+
+        A two-scale fit also sets the fixed divisors: a model fitted before they were fixed, and updated now,
+        scores as a new fit on all its images would.
+        """
         dtype = self.weight.dtype
         heads = {
             LOCAL_HEAD_PREFIXES[name]: {key: value.to(dtype) for key, value in solve_local_head(sums).items()}
             for name, sums in combined.items()
         }
-        scales = None if self.scales is None else self._calibrated_scales(heads, training_maps, reduce)
         for prefix, tensors in heads.items():
             for key, value in tensors.items():
                 packed = pack_lower(value) if key in ("x_whitening", "residual_whitening") else value
                 setattr(self, f"{prefix}_{key}", packed)
-        if scales is not None:
-            self.scales = scales.to(device=self.weight.device, dtype=dtype)
-
-    def _calibrated_scales(
-        self,
-        heads: dict[str, dict[str, torch.Tensor]],
-        training_maps: list[tuple[torch.Tensor, torch.Tensor]],
-        reduce: Reduction | None,
-    ) -> torch.Tensor:
-        """Both scales' training percentiles: the solved heads (by buffer prefix) score this fit's kept maps."""
-        if not training_maps and reduce is None:
-            msg = (
-                "The two-scale head's scales are percentiles of its scores on the training images of one fit, "
-                "and this fit kept none: fit on all the normal images at once (a fitted two-scale head cannot be "
-                "updated with new ones)."
-            )
-            raise ValueError(msg)
-        fine_scores, coarse_scores = [], []
-        for maps in training_maps:
-            fine, coarse = self._two_scale_parts(tuple(tensor.to(self.weight.device) for tensor in maps), heads)
-            fine_scores.append(fine.flatten().cpu())
-            coarse_scores.append(coarse.flatten().cpu())
-        joined = [torch.cat(scores) if scores else torch.empty(0) for scores in (fine_scores, coarse_scores)]
-        if reduce is not None:
-            joined = [reduce.gathered(scores) for scores in joined]
-        return torch.stack([calibration_scale(scores) for scores in joined])
+        if self.scales is not None:
+            self.scales = fixed_scales().to(device=self.weight.device, dtype=dtype)
 
     def _finish_fit(self) -> None:
         """Mark the model fitted and drop the statistics unless they are kept for updates."""
@@ -548,18 +513,7 @@ class FeatureRidgeModel(nn.Module):
         self.x_whitening.copy_(solved["x_whitening"][:, :, None, None])
 
     def require_statistics(self) -> None:
-        """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost.
-
-        A fitted two-scale head is refused too: its scales are percentiles of its scores on every training
-        image, which an update would need again.
-        """
-        if self.head == "two_scale" and bool(self.fitted):
-            msg = (
-                "A fitted two-scale head cannot take new images: its scales are percentiles of its scores on "
-                "every training image, which it does not keep. Fit a new model on all the normal images, or use "
-                "head='local', whose updates are exact."
-            )
-            raise RuntimeError(msg)
+        """Refuse to add images to a fitted model whose statistics were dropped: the first fit would be lost."""
         if self.fit_statistics().is_empty and bool(self.fitted):
             msg = (
                 "This model's sufficient statistics were dropped (keep_statistics=False), so new images would "
@@ -604,34 +558,24 @@ class FeatureRidgeModel(nn.Module):
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
 
     def _two_scale_scores(self, maps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The larger of the fine and the eroded coarse local head's score, each over its training percentile."""
-        heads = {prefix: self._local_head(prefix) for prefix in LOCAL_HEAD_PREFIXES.values()}
-        return two_scale_max(*self._two_scale_parts(maps, heads), self.scales)
-
-    def _two_scale_parts(
-        self, maps: tuple[torch.Tensor, torch.Tensor], heads: dict[str, dict[str, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fine head's scores and the coarse head's, eroded and on the fine grid, of the backbone's ``maps``.
-
-        ``heads`` holds each local head's tensors by buffer prefix: the fitted ones, or those of a fit in progress.
-        """
+        """The larger of the fine head's score and the coarse head's, eroded and on the fine grid, over their scales."""
         shallow, deep = self._prepared(maps, self.pool)
-        self._check_grid(shallow, heads["local"]["mean_x"])
-        fine = local_scores(shallow, upsample_to(deep, shallow), heads["local"], self.region)
-        coarse = local_scores(*self._coarse_maps(maps), heads["coarse"], self.region)
-        return fine, coarse_on_fine_grid(coarse, fine)
+        self._check_grid(shallow, self.local_mean_x)
+        fine = local_scores(shallow, upsample_to(deep, shallow), self._local_head("local"), self.region)
+        coarse = local_scores(*self._coarse_maps(maps), self._local_head("coarse"), self.region)
+        return two_scale_max(fine, coarse_on_fine_grid(coarse, fine), self.scales)
 
     def __getstate__(self) -> dict:
         """Pickle (``torch.save``, the torch export) without the unpacked factors or a fit in progress.
 
         The unpacked factors would double the local heads' size; a fit in progress is not the model's.
         """
-        unpickled = ("_local_unpacked", "_positions_pending", "_training_maps")
+        unpickled = ("_local_unpacked", "_positions_pending")
         return {name: value for name, value in self.__dict__.items() if name not in unpickled}
 
     def __setstate__(self, state: dict) -> None:
         """Unpickle (a torch export); one pickled before an option existed scores without it."""
-        fresh = {"_positions_pending": {}, "_training_maps": []}
+        fresh = {"_positions_pending": {}}
         super().__setstate__({**OPTIONS_BEFORE_THEY_EXISTED, **state, **fresh})
 
     def _local_head(self, prefix: str) -> dict[str, torch.Tensor]:
