@@ -127,7 +127,7 @@ def test_whitening_factors_are_stored_as_packed_lower_triangles() -> None:
     torch.testing.assert_close(unpack_lower(packed, 4), lower)
     model = small_model(head="local")
     model.update(_normal_images(3))
-    channels = model.weight.shape[1]
+    channels = model.local_mean_x.shape[0]
     assert model.local_x_whitening.shape[-1] == channels * (channels + 1) // 2
 
 
@@ -141,6 +141,23 @@ def test_local_head_update_after_scoring_equals_a_full_refit(head: str) -> None:
     full.update(torch.cat([first, second]))
     assert not torch.allclose(before, full.patch_scores(test))
     torch.testing.assert_close(incremental.patch_scores(test), full.patch_scores(test), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["local", "two_scale"])
+def test_a_local_head_keeps_no_3x3_map_and_loads_a_state_that_has_one(head: str) -> None:
+    model = small_model(head=head)
+    model.update(_normal_images(3))
+    assert model.weight is None
+    assert model.bias is None
+    state = model.state_dict()
+    assert "weight" not in state
+    channels = model.local_mean_x.shape[0], model.local_mean_y.shape[0]
+    # As saved before the unused map was dropped: zeros of the paper head's shapes.
+    older = {**state, "weight": torch.zeros(channels[1], channels[0], 3, 3), "bias": torch.zeros(channels[1])}
+    restored = small_model(head=head)
+    restored.load_state_dict(older)
+    test = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(restored.patch_scores(test), model.patch_scores(test), rtol=0, atol=0)
 
 
 def test_the_saved_local_head_holds_its_packed_factors_only(tmp_path: Path) -> None:

@@ -266,14 +266,17 @@ class FeatureRidgeModel(nn.Module):
         # (see :meth:`_pending_positions`).
         self.__dict__["_positions_pending"] = {}
         head_channels = out_channels if rank is None else rank
-        self.register_buffer("weight", torch.zeros(head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD))
+        # The 3x3 map and bias of the heads solved from the neighbourhood sums; the local heads have none.
+        solves_map = self.uses_neighbourhood_sums
+        map_shape = (head_channels, in_channels, NEIGHBOURHOOD, NEIGHBOURHOOD)
+        self.register_buffer("weight", torch.zeros(map_shape) if solves_map else None)
         # The low-rank map's 1x1 back-projection to the deep channels (orthonormal columns); None when full.
         self.register_buffer("projection", None if rank is None else torch.zeros(out_channels, rank, 1, 1))
-        self.register_buffer("bias", torch.zeros(out_channels))
+        self.register_buffer("bias", torch.zeros(out_channels) if solves_map else None)
         self.register_buffer("fitted", torch.tensor(False))
-        self.weight: torch.Tensor
+        self.weight: torch.Tensor | None
         self.projection: torch.Tensor | None
-        self.bias: torch.Tensor
+        self.bias: torch.Tensor | None
         self.fitted: torch.Tensor
         self._register_per_position_heads(in_channels, out_channels)
         self.blur = gaussian_blur_or_none(sigma)
@@ -318,7 +321,11 @@ class FeatureRidgeModel(nn.Module):
         for name in _GRID_BUFFERS:
             saved = state_dict.get(prefix + name)
             if saved is not None and getattr(self, name) is not None:
-                setattr(self, name, torch.empty_like(saved, device=self.weight.device))
+                setattr(self, name, torch.empty_like(saved, device=self.fitted.device))
+        if self.weight is None:
+            # Local-head models saved before their unused 3x3 map was dropped carry it, all zeros: it scored nothing.
+            for name in ("weight", "bias"):
+                state_dict.pop(prefix + name, None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> FeatureRidgeModel:
@@ -387,7 +394,7 @@ class FeatureRidgeModel(nn.Module):
         pending = self._positions_pending
         if name not in pending:
             # Kept in __dict__: a registered module would put an unfinished fit into checkpoints.
-            pending[name] = self._new_position_statistics().to(self.weight.device)
+            pending[name] = self._new_position_statistics().to(self.fitted.device)
         return pending[name]
 
     @property
@@ -464,7 +471,7 @@ class FeatureRidgeModel(nn.Module):
         A two-scale fit also sets the fixed divisors: a model fitted before they were fixed, and updated now,
         scores as a new fit on all its images would.
         """
-        dtype = self.weight.dtype
+        dtype = self.local_mean_x.dtype
         heads = {
             LOCAL_HEAD_PREFIXES[name]: {key: value.to(dtype) for key, value in solve_local_head(sums).items()}
             for name, sums in combined.items()
@@ -474,7 +481,7 @@ class FeatureRidgeModel(nn.Module):
                 packed = pack_lower(value) if key in ("x_whitening", "residual_whitening") else value
                 setattr(self, f"{prefix}_{key}", packed)
         if self.scales is not None:
-            self.scales = fixed_scales().to(device=self.weight.device, dtype=dtype)
+            self.scales = fixed_scales().to(device=self.fitted.device, dtype=dtype)
 
     def _finish_fit(self) -> None:
         """Mark the model fitted and drop the statistics unless they are kept for updates."""
@@ -587,7 +594,7 @@ class FeatureRidgeModel(nn.Module):
         key = tuple((id(tensor), tensor._version, tensor.device, tensor.dtype) for tensor in packed)
         unpacked = self.__dict__.setdefault("_local_unpacked", {})
         if prefix not in unpacked or unpacked[prefix][0] != key:
-            sizes = (self.weight.shape[1], getattr(self, f"{prefix}_mean_y").shape[0])
+            sizes = (getattr(self, f"{prefix}_mean_x").shape[0], getattr(self, f"{prefix}_mean_y").shape[0])
             factors = [unpack_lower(tensor, size) for tensor, size in zip(packed, sizes, strict=True)]
             unpacked[prefix] = (key, dict(zip(("x_whitening", "residual_whitening"), factors, strict=True)))
         return {**{name: getattr(self, f"{prefix}_{name}") for name in LOCAL_TENSORS}, **unpacked[prefix][1]}
