@@ -179,6 +179,15 @@ def test_fitting_again_adds_images_and_re_solves(synthetic_root: Path, tmp_path:
     assert not torch.equal(model.model.weight, first_weight)
 
 
+def test_fitting_a_two_scale_model_again_adds_images_to_both_heads(synthetic_root: Path, tmp_path: Path) -> None:
+    model = _model(head="two_scale")
+    _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+    counts = {name: float(getattr(model.model, name).count) for name in ("positions", "coarse_positions")}
+    _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
+    for name, count in counts.items():
+        assert float(getattr(model.model, name).count) == 2 * count
+
+
 def test_fitting_again_without_statistics_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
     model = _model(keep_statistics=False)
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
