@@ -468,6 +468,16 @@ def test_feature_ridge_gets_its_head_and_fit_precision_and_other_models_do_not()
     assert construction.settings_of("SyntheticDefectMetric", setup) == ""
 
 
+def test_feature_ridge_gets_its_kept_channels_and_padim_does_not():
+    options = ["--feature-ridge-head", "local", "--feature-ridge-channels", "48", "96"]
+    args = parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
+    setup = sweep.setup_from(args)
+    model = construction.build_model("FeatureRidge", setup, floor_channels=0)
+    assert model.model.channels == [48, 96]
+    assert construction.settings_of("FeatureRidge", setup) == "head=local channels=48+96"
+    assert construction.settings_of("Padim", setup) == ""
+
+
 @pytest.mark.parametrize(
     ("option", "accepted"), [("--feature-ridge-head", HEADS), ("--feature-ridge-reference", REFERENCES)]
 )

@@ -77,9 +77,14 @@ def exported_local(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def exported_two_scale(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same with the opt-in two-scale head: a second, coarse local head on every second position of averaged
-    maps, its erosion (a max pooling of the negated scores), a resize and the max of both over their percentiles."""
+    maps, its erosion (a max pooling of the negated scores), a resize and the weighted max of both; on a subset
+    of each map's channels (a gather)."""
     return _train_and_export(
-        synthetic_root, tmp_path_factory.mktemp("export_two_scale"), "two_scale", reference="contrast"
+        synthetic_root,
+        tmp_path_factory.mktemp("export_two_scale"),
+        "two_scale",
+        reference="contrast",
+        channels=[48, 96],
     )
 
 

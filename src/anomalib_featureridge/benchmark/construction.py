@@ -69,6 +69,7 @@ SETTING_LABELS = {
     "head": "head",
     "pool": "pool",
     "reference": "reference",
+    "channels": "channels",
     "fit_precision": "fit",
     "defect_kinds": "kinds",
     "loss": "loss",

@@ -63,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what FeatureRidge refers each image's feature maps to (its default: none)",
     )
     parser.add_argument(
+        "--feature-ridge-channels",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("SHALLOW", "DEEP"),
+        help="with the local heads: how many of each map's channels FeatureRidge keeps (its default: all)",
+    )
+    parser.add_argument(
         "--feature-ridge-fit-precision",
         choices=["float64", "float32"],
         default=None,

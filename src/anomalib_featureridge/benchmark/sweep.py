@@ -113,6 +113,7 @@ def setup_from(args: argparse.Namespace) -> Setup:
             ("head", args.feature_ridge_head),
             ("pool", args.feature_ridge_pool),
             ("reference", args.feature_ridge_reference),
+            ("channels", tuple(args.feature_ridge_channels) if args.feature_ridge_channels else None),
             ("fit_precision", args.feature_ridge_fit_precision),
             ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
             ("loss", args.metric_loss),

@@ -56,6 +56,7 @@ SCORING_SETTINGS = (
     "region",
     "pool",
     "reference",
+    "channels",
     "rank",
     "alpha",
     "sigma",
@@ -105,6 +106,10 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         fit_precision: ``"float64"`` (default, exact) or ``"float32"``: the dtype of each batch's
             products in the fit, always summed in float64. float32 fits faster, most on GPUs with slow
             float64, and changes the map by float32 rounding (measured in docs/method.md).
+        channels: With ``head="local"`` or ``"two_scale"``: ``[shallow, deep]``, how many of each map's
+            channels to keep, a seeded random subset as Padim's; ``None`` (default) keeps them all. The
+            head's size falls with the square of the counts (measured in docs/method.md). A checkpoint
+            keeps its subset, and one from before this option kept every channel.
         pre_processor, post_processor, evaluator, visualizer: As in every anomalib model.
     """
 
@@ -123,6 +128,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         pool: int = 1,
         reference: str = "none",
         fit_precision: str = "float64",
+        channels: Sequence[int] | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -150,6 +156,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             pool=pool,
             reference=reference,
             fit_precision=fit_precision,
+            channels=channels,
         )
         if defer_weights:
             defer_pretrained_weights(self.model.feature_extractor, backbone, layers)
@@ -175,6 +182,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             "region": self.model.region,
             "pool": self.model.pool,
             "reference": self.model.reference,
+            "channels": self.model.channels,
             "rank": self.model.rank,
             "alpha": float(self.model.alpha),
             "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
@@ -195,6 +203,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             for key in SCORING_SETTINGS
         }
         trained["layers"] = list(trained["layers"])
+        trained["channels"] = None if trained["channels"] is None else [int(count) for count in trained["channels"]]
         trained["alpha"], trained["sigma"] = float(trained["alpha"]), float(trained["sigma"])
         return _settings_of_head(trained)
 

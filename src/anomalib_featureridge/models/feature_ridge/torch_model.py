@@ -45,6 +45,7 @@ from anomalib_featureridge.components.export import is_exporting
 from anomalib_featureridge.components.feature_extractor import create_feature_extractor
 from anomalib_featureridge.components.filters import gaussian_blur_or_none
 
+from .channels import channel_subsets
 from .local import LocalStatistics, local_scores, pack_lower, solve_local_head, unpack_lower
 from .neighbourhood import NeighbourhoodMoments
 from .positions import PositionStatistics, solve_gaussian_head
@@ -71,7 +72,14 @@ LOCAL_HEADS = ("local", "two_scale")
 # Added to the contrast before dividing by it, so that a flat map is not blown up: features are O(1).
 CONTRAST_FLOOR = 0.01
 # Scoring options added after models were first saved, with the value a model saved before each existed scores with.
-OPTIONS_BEFORE_THEY_EXISTED = {"rank": None, "head": "paper", "region": 2, "pool": 1, "reference": "none"}
+OPTIONS_BEFORE_THEY_EXISTED = {
+    "rank": None,
+    "head": "paper",
+    "region": 2,
+    "pool": 1,
+    "reference": "none",
+    "channels": None,
+}
 # The dtype of each batch's products in a fit; the sums are float64 either way.
 FIT_PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 # The local head's fitted tensors (buffers ``local_<name>``), as solve_local_head returns them but for the
@@ -155,8 +163,10 @@ def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
     return F.interpolate(features, size=reference.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _check_settings(head: str, rank: int | None, region: int, pool: int, reference: str, fit_precision: str) -> None:
-    """Refuse a head, rank, region, pool, reference or fit precision the model does not have, naming the valid ones."""
+def _check_settings(
+    head: str, rank: int | None, region: int, pool: int, reference: str, fit_precision: str, channels: object
+) -> None:
+    """Refuse settings the model does not have (head, rank, region, pool, reference, ...), naming the valid ones."""
     if head not in HEADS:
         msg = f"head must be one of {HEADS}, got {head!r}."
         raise ValueError(msg)
@@ -174,6 +184,12 @@ def _check_settings(head: str, rank: int | None, region: int, pool: int, referen
         raise ValueError(msg)
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or pool % 2 == 0:
         msg = f"pool must be an odd whole number of feature positions >= 1 (1 switches it off), got {pool!r}."
+        raise ValueError(msg)
+    if channels is not None and head not in LOCAL_HEADS:
+        msg = (
+            f"channels is only available with the local heads {LOCAL_HEADS}, whose size grows with the square of "
+            f"the channels; the {head} head reads every channel."
+        )
         raise ValueError(msg)
 
 
@@ -210,6 +226,9 @@ class FeatureRidgeModel(nn.Module):
         fit_precision: ``"float64"`` (default): the fit's products in float64, exact to float64 rounding.
             ``"float32"``: each batch's products in float32, summed in float64: a faster fit (most on
             GPUs with slow float64) whose map differs from the float64 one by float32 rounding.
+        channels: With the local heads, ``[shallow, deep]``: how many of each map's channels to keep, a
+            seeded random subset (:func:`channel_subsets`); ``None`` (default) keeps all. The heads' size
+            falls with the square of the counts.
     """
 
     def __init__(
@@ -227,6 +246,7 @@ class FeatureRidgeModel(nn.Module):
         pool: int = 1,
         reference: str = "none",
         fit_precision: str = "float64",
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         layers = list(layers)
@@ -239,7 +259,7 @@ class FeatureRidgeModel(nn.Module):
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             msg = f"sigma must be >= 0 and finite (0 switches smoothing off), got {sigma!r}."
             raise ValueError(msg)
-        _check_settings(head, rank, region, pool, reference, fit_precision)
+        _check_settings(head, rank, region, pool, reference, fit_precision, channels)
         self.head = head
         self.region = region
         self.pool = pool
@@ -258,6 +278,7 @@ class FeatureRidgeModel(nn.Module):
             raise ValueError(msg)
         if rank is not None:
             check_rank(rank, out_channels, targets=f"channels of {layers[1]!r}", hint=", or None for the full map")
+        in_channels, out_channels = self._register_kept_channels(channels, (in_channels, out_channels))
 
         self.statistics = RidgeStatistics()
         # Rows of the fit in progress: committed to ``statistics`` only by a successful :meth:`fit`.
@@ -280,6 +301,16 @@ class FeatureRidgeModel(nn.Module):
         self.fitted: torch.Tensor
         self._register_per_position_heads(in_channels, out_channels)
         self.blur = gaussian_blur_or_none(sigma)
+
+    def _register_kept_channels(self, channels: Sequence[int] | None, available: tuple[int, int]) -> tuple[int, int]:
+        """The indices of the channels kept of each map (buffers, so a checkpoint keeps its subset); their counts."""
+        kept = None if channels is None else channel_subsets(channels, available, self.layers)
+        self.channels = None if kept is None else [len(indices) for indices in kept]
+        self.register_buffer("shallow_channels", None if kept is None else kept[0])
+        self.register_buffer("deep_channels", None if kept is None else kept[1])
+        self.shallow_channels: torch.Tensor | None
+        self.deep_channels: torch.Tensor | None
+        return available if self.channels is None else tuple(self.channels)
 
     @property
     def uses_neighbourhood_sums(self) -> bool:
@@ -344,7 +375,7 @@ class FeatureRidgeModel(nn.Module):
         return self._prepared(self._raw_maps(images), self.pool)
 
     def _raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's shallow and deep map, as it gives them."""
+        """The backbone's shallow and deep map, as it gives them (only the kept ``channels``, when set)."""
         if images.ndim != 4 or images.shape[1] not in {1, 3}:
             msg = f"Expected images of shape (B, 3, H, W) (or (B, 1, H, W) grayscale), got {tuple(images.shape)}."
             raise ValueError(msg)
@@ -352,6 +383,8 @@ class FeatureRidgeModel(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         with torch.no_grad():
             shallow, deep = self.feature_extractor(images)
+        if self.channels is not None:
+            shallow, deep = shallow.index_select(1, self.shallow_channels), deep.index_select(1, self.deep_channels)
         return shallow, deep
 
     def _prepared(self, maps: tuple[torch.Tensor, torch.Tensor], pool: int) -> tuple[torch.Tensor, torch.Tensor]:
