@@ -582,12 +582,11 @@ class FeatureRidgeModel(nn.Module):
 
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Patch scores on the shallow grid, ``(B, 1, h, w)``: the head's distance from normal."""
+        if self.head == "local":
+            return self._local_scores(self._raw_maps(images))
         if self.head == "two_scale":
             return self._two_scale_scores(self._raw_maps(images))
         shallow, deep = self.extract(images)
-        if self.head == "local":
-            self._check_grid(shallow, self.local_mean_x)
-            return local_scores(shallow, deep, self._local_head("local"), self.region)
         if self.position_bias is not None:
             return self._gaussian_scores(shallow, deep)
         if self.projection is None:
@@ -597,11 +596,15 @@ class FeatureRidgeModel(nn.Module):
             predicted = F.conv2d(reduced, self.projection, self.bias)
         return torch.log((predicted - deep).pow(2).sum(dim=1, keepdim=True) + LOG_EPS)
 
-    def _two_scale_scores(self, maps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The larger of the fine head's score and the coarse head's, eroded and on the fine grid, over their scales."""
+    def _local_scores(self, maps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The local head's scores of the backbone's ``maps``; the two-scale head's fine scores too."""
         shallow, deep = self._prepared(maps, self.pool)
         self._check_grid(shallow, self.local_mean_x)
-        fine = local_scores(shallow, upsample_to(deep, shallow), self._local_head("local"), self.region)
+        return local_scores(shallow, upsample_to(deep, shallow), self._local_head("local"), self.region)
+
+    def _two_scale_scores(self, maps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The larger of the fine head's score and the coarse head's, eroded and on the fine grid, over their scales."""
+        fine = self._local_scores(maps)
         coarse = local_scores(*self._coarse_maps(maps), self._local_head("coarse"), self.region)
         return two_scale_max(fine, coarse_on_fine_grid(coarse, fine), self.scales)
 
