@@ -22,7 +22,13 @@ from PIL import Image
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.deploy import predict as predict_module
 from anomalib_featureridge.deploy.precision import compile_openvino, compiled_precision, cpu_supports, openvino_config
-from anomalib_featureridge.deploy.predict import load_inferencer, map_to_original_size, predict_folder, predict_image
+from anomalib_featureridge.deploy.predict import (
+    load_inferencer,
+    map_to_original_size,
+    overlay_paths,
+    predict_folder,
+    predict_image,
+)
 
 TOLERANCE = 1e-4
 BF16_SCORE_TOLERANCE = 0.1  # a wrong model, not rounding, is what this catches
@@ -314,13 +320,14 @@ def test_predict_folder_with_the_openvino_export(exported: dict, synthetic_root:
     assert sorted(rows) == images
     labels = set()
     for name, row in rows.items():
-        overlay = Image.open(output / "overlays" / f"{name}.png")
+        overlay = Image.open(output / "overlays" / name)  # a PNG image's overlay has its name
         assert overlay.size == Image.open(folder / name).size
         assert (overlay.text["pred_score"], overlay.text["pred_label"]) == (row["pred_score"], row["pred_label"])
         banner = (180, 0, 0) if row["pred_label"] == "1" else (0, 110, 0)
         assert overlay.convert("RGB").getpixel((1, 1)) == banner, "the label is drawn on the overlay"
         labels.add(row["pred_label"])
     assert labels == {"0", "1"}
+    assert not list((output / "overlays").rglob("*.png.png")), "no double suffix"
     reference = _reference(exported["model"], [folder / images[0]])
     assert float(rows[images[0]]["pred_score"]) == pytest.approx(float(reference["pred_score"][0]), abs=TOLERANCE)
 
@@ -346,7 +353,7 @@ def test_predict_skips_bad_files_keeps_the_rest_and_fails_at_the_end(exported: d
     assert not rows["part.png"]["error"]
     assert rows["part.png"]["pred_score"] != rows["part.jpg"]["pred_score"]
     overlays = sorted(path.name for path in (output / "overlays").iterdir())
-    assert overlays == ["part.jpg.png", "part.png.png"], "part.png and part.jpg must not share an overlay"
+    assert overlays == ["part.png", "part_jpg.png"], "part.png and part.jpg must not share an overlay"
 
 
 def test_predict_never_overwrites_an_earlier_run(exported: dict, tmp_path: Path) -> None:
@@ -365,7 +372,22 @@ def test_predict_never_overwrites_an_earlier_run(exported: dict, tmp_path: Path)
     replaced = _predict_command(exported["paths"]["openvino"], second, output, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert sorted(_rows(output)) == [exported["images"][1].name]
-    assert [path.name for path in (output / "overlays").iterdir()] == [f"{exported['images'][1].name}.png"]
+    assert [path.name for path in (output / "overlays").iterdir()] == [exported["images"][1].name]
+
+
+def test_overlays_keep_their_images_names_and_never_share_one() -> None:
+    names = ["good/04.png", "crack/04.png", "part.jpg", "part.png", "part_jpg.png", "shot.JPG", "scan.tif", "scan.PNG"]
+    overlays = {relative.as_posix(): path.as_posix() for relative, path in overlay_paths(map(Path, names)).items()}
+    assert overlays == {
+        "good/04.png": "good/04.png",
+        "crack/04.png": "crack/04.png",
+        "part.png": "part.png",
+        "part_jpg.png": "part_jpg.png",
+        "part.jpg": "part_jpg_2.png",
+        "scan.PNG": "scan.png",
+        "scan.tif": "scan_tif.png",
+        "shot.JPG": "shot.png",
+    }
 
 
 def test_predict_writes_each_row_as_it_is_scored(

@@ -8,15 +8,19 @@ measurements on the original image, the map is resized back to the original heig
 Nothing is lost or overwritten: each row of ``predictions.csv`` is written (and flushed) as soon
 as its image is scored; a file that cannot be read or scored gets a row with the reason, the run
 goes on and ends with a non-zero status; an output folder holding an earlier run's results is
-refused unless asked to replace them; and overlays are named after the whole relative path of
-their image (``sub/part.jpg`` gives ``overlays/sub/part.jpg.png``), so no two images share one.
+refused unless asked to replace them; and each overlay mirrors its image's relative path as a PNG
+(``sub/04.png`` gives ``overlays/sub/04.png``, ``sub/part.jpg`` gives ``overlays/sub/part.png``), with the
+image's format in the name only where two images would otherwise share one (``part.png`` and
+``part.jpg`` give ``part.png`` and ``part_jpg.png``), so no two images share one.
 """
 
 from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain, count
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +104,26 @@ def predict_image(inferencer: OpenVINOInferencer | TorchInferencer, path: Path) 
     return prediction, original
 
 
-def overlay_path(output: Path, relative: Path) -> Path:
-    """Where the overlay of the image at ``relative`` (to the input folder) goes: its whole name plus ``.png``."""
-    return output / OVERLAY_FOLDER / relative.with_name(relative.name + ".png")
+def overlay_paths(relatives: Iterable[Path]) -> dict[Path, Path]:
+    """Each image's overlay path under ``overlays/``: the image's relative path as a PNG, never shared.
+
+    ``sub/04.png`` keeps its name (not ``04.png.png``) and ``sub/part.jpg`` becomes ``sub/part.png``. PNG images
+    claim their names first; an image whose name is taken keeps its format in it (``part_jpg.png``), then a
+    number. Names are compared case-insensitively, so no overlay replaces another on such file systems either.
+    """
+    ordered = sorted(relatives, key=lambda relative: (relative.suffix != ".png", relative.as_posix()))
+    taken: set[str] = set()
+    paths: dict[Path, Path] = {}
+    for relative in ordered:
+        with_format = f"{relative.stem}_{relative.suffix.lstrip('.').lower()}"
+        candidates = chain(
+            (relative.with_suffix(".png"), relative.with_name(f"{with_format}.png")),
+            (relative.with_name(f"{with_format}_{number}.png") for number in count(2)),
+        )
+        path = next(candidate for candidate in candidates if candidate.as_posix().casefold() not in taken)
+        taken.add(path.as_posix().casefold())
+        paths[relative] = path
+    return paths
 
 
 def _verdict(prediction: Prediction) -> str:
@@ -124,12 +145,11 @@ def render_overlay(prediction: Prediction, original: np.ndarray) -> Image.Image:
     return overlay
 
 
-def _save_overlay(overlay: Image.Image, prediction: Prediction, relative: Path, output: Path) -> None:
+def _save_overlay(overlay: Image.Image, prediction: Prediction, relative: Path, path: Path) -> None:
     info = PngInfo()  # the figures in the file too, for tools that read overlays without the CSV
     info.add_text("image", relative.as_posix())
     info.add_text("pred_score", f"{prediction.pred_score:.6f}")
     info.add_text("pred_label", str(int(prediction.pred_label)))
-    path = overlay_path(output, relative)
     path.parent.mkdir(parents=True, exist_ok=True)
     overlay.save(path, pnginfo=info)
 
@@ -167,6 +187,7 @@ def predict_folder(
     prepare_output(output, overwrite)
     inferencer = load_inferencer(model_path, precision)
     run = PredictionRun()
+    overlays = overlay_paths(path.relative_to(folder) for path in images)
     with (output / RESULTS_FILE).open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
@@ -174,7 +195,8 @@ def predict_folder(
             relative = path.relative_to(folder)
             try:
                 prediction, original = predict_image(inferencer, path)
-                _save_overlay(render_overlay(prediction, original), prediction, relative, output)
+                overlay = output / OVERLAY_FOLDER / overlays[relative]
+                _save_overlay(render_overlay(prediction, original), prediction, relative, overlay)
             except Exception as error:  # one bad file must not cost the others' results
                 reason = f"{type(error).__name__}: {error}"
                 run.skipped.append((relative.as_posix(), reason))
