@@ -20,6 +20,7 @@ from conftest import SMALL_BACKBONE, SMALL_LAYERS
 from PIL import Image
 
 from anomalib_featureridge import FeatureRidge
+from anomalib_featureridge.cli import main
 from anomalib_featureridge.deploy import predict as predict_module
 from anomalib_featureridge.deploy.precision import compile_openvino, compiled_precision, cpu_supports, openvino_config
 from anomalib_featureridge.deploy.predict import (
@@ -422,6 +423,51 @@ def test_predict_on_a_missing_or_empty_folder_says_so(exported: dict, tmp_path: 
     assert ("is not a folder" if case == "missing" else "No images") in result.stderr
     assert str(folder) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _writes_despite_read_only(folder: Path) -> bool:
+    try:
+        (folder / "probe").write_bytes(b"")
+    except OSError:
+        return False
+    (folder / "probe").unlink()
+    return True
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "a_file", "read_only"])
+def test_predict_refuses_an_output_it_cannot_write_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    """Refused before the model is loaded (a stand-in model file is enough), with the folder and the way out."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "part.png")
+    model = tmp_path / "model.xml"
+    model.write_text("<net/>")  # never read: the output is checked first
+    output = tmp_path / "out"
+    if case == "under_a_file":
+        (tmp_path / "file").write_text("")
+        output = tmp_path / "file" / "out"  # no permission bits involved: a refusal even for root
+    elif case == "a_file":
+        output.write_text("")
+    else:
+        output.mkdir()
+        output.chmod(0o555)
+        if _writes_despite_read_only(output):
+            output.chmod(0o755)
+            pytest.skip("permission bits do not stop this user (root): the other cases check the refusal")
+    try:
+        code = main(["predict", "--model", str(model), "--input", str(folder), "--output", str(output)])
+    finally:
+        if case == "read_only":
+            output.chmod(0o755)
+    message = capsys.readouterr().err
+    assert code == 2
+    assert message.count("\n") == 1, message
+    assert message.startswith("anomalib-featureridge predict: ")
+    assert str(output) in message
+    assert "--output" in message
+    assert "Traceback" not in message
 
 
 def test_predict_reads_16_bit_images_scaled(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,11 +76,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from anomalib_featureridge.deploy.predict import predict_folder
+    from anomalib_featureridge.deploy.predict import UnwritableOutputError, predict_folder
 
     try:
         run = predict_folder(args.model, args.input, args.output, args.overwrite, args.precision)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, UnwritableOutputError) as error:
         print(f"anomalib-featureridge predict: {error}", file=sys.stderr)
         return 2
     print(f"{run.scored} images scored, {run.flagged} anomalous. Overlays and predictions.csv in {args.output}")

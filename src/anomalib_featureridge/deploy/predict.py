@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain, count
@@ -154,8 +155,36 @@ def _save_overlay(overlay: Image.Image, prediction: Prediction, relative: Path, 
     overlay.save(path, pnginfo=info)
 
 
+class UnwritableOutputError(OSError):
+    """The output folder cannot be created or written to: found before any image is scored, not at the first."""
+
+
+def refuse_unwritable_output(output: Path) -> None:
+    """Create ``output`` and write a scratch file in it, or say which folder and the way out.
+
+    A probe rather than permission bits: they do not stop root, and do not see read-only mounts.
+    """
+    if output.exists() and not output.is_dir():
+        msg = f"The output {output} is a file, not a folder: choose another --output folder."
+        raise UnwritableOutputError(msg)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        msg = (
+            f"Cannot write to the output folder {output} ({error.strerror or error}): choose another --output "
+            f"folder, or fix its permissions."
+        )
+        raise UnwritableOutputError(msg) from error
+
+
 def prepare_output(output: Path, overwrite: bool = False) -> None:
-    """Refuse an output folder holding an earlier run's results, or with ``overwrite`` remove just those."""
+    """Refuse an output folder holding an earlier run's results, or one that cannot be written to.
+
+    With ``overwrite``, just those results are removed, once the folder is known to be writable: a refusal
+    removes nothing.
+    """
     earlier = [output / name for name in (RESULTS_FILE, OVERLAY_FOLDER) if (output / name).exists()]
     if earlier and not overwrite:
         names = " and ".join(f"{path.name}{'/' if path.is_dir() else ''}" for path in earlier)
@@ -164,12 +193,12 @@ def prepare_output(output: Path, overwrite: bool = False) -> None:
             f"or pass --overwrite to replace them."
         )
         raise FileExistsError(msg)
+    refuse_unwritable_output(output)
     for path in earlier:
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink()
-    output.mkdir(parents=True, exist_ok=True)
 
 
 def predict_folder(
