@@ -425,6 +425,36 @@ def test_predict_on_a_missing_or_empty_folder_says_so(exported: dict, tmp_path: 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("export_format", ["openvino", "onnx"])
+def test_predict_with_an_export_of_fixed_input_size_refuses_other_sizes_once(
+    exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, export_format: str
+) -> None:
+    """``anomalib export --input_size`` fixes the graph's height and width: other sizes are refused before scoring,
+    naming the size and the re-export, and images of the export's size are scored as before."""
+    monkeypatch.chdir(tmp_path)
+    export = getattr(exported["model"], f"to_{export_format}")(tmp_path / "fixed", input_size=(64, 64))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in exported["images"][:2]:  # 96 x 96
+        shutil.copy(path, folder / path.name)
+    output = tmp_path / "out"
+    code = main(["predict", "--model", str(export), "--input", str(folder), "--output", str(output)])
+    message = capsys.readouterr().err
+    assert code == 2
+    assert message.count("\n") == 1, message
+    assert "2 of 2 images have another size" in message
+    assert "exported for 64 x 64 images only" in message
+    assert "96 x 96" in message
+    assert "without --input_size" in message
+    assert not (output / "predictions.csv").exists(), "nothing scored"
+    with pytest.raises(ValueError, match="exported for 64 x 64 images only"):
+        predict_image(load_inferencer(export), exported["images"][0])
+    for path in folder.iterdir():
+        Image.open(path).resize((64, 64)).save(path)
+    assert main(["predict", "--model", str(export), "--input", str(folder), "--output", str(output)]) == 0
+    assert all(row["pred_score"] and not row["error"] for row in _rows(output).values())
+
+
 def _writes_despite_read_only(folder: Path) -> bool:
     try:
         (folder / "probe").write_bytes(b"")

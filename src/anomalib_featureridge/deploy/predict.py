@@ -91,9 +91,59 @@ def load_inferencer(model_path: Path, precision: str = EXACT) -> OpenVINOInferen
     raise ValueError(msg)
 
 
+def fixed_input_size(inferencer: OpenVINOInferencer | TorchInferencer) -> tuple[int, int] | None:
+    """The ``(height, width)`` an OpenVINO/ONNX export was fixed to (``anomalib export --input_size``), else ``None``.
+
+    Exports without an input size take any size and resize inside the graph; torch exports always do.
+    """
+    if not isinstance(inferencer, OpenVINOInferencer):
+        return None
+    shape = inferencer.model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic or len(shape) != 4 or shape[2].is_dynamic or shape[3].is_dynamic:
+        return None
+    return shape[2].get_length(), shape[3].get_length()
+
+
+def _wrong_size_message(model_path: Path | None, size: tuple[int, int], example: Path, shape: tuple[int, int]) -> str:
+    export = f"{model_path}" if model_path is not None else "The model"
+    return (
+        f"{export} was exported for {size[0]} x {size[1]} images only (a fixed input size), but {example} is "
+        f"{shape[0]} x {shape[1]} (height x width). Export again without an input size (anomalib export without "
+        f"--input_size, or to_openvino/to_onnx without input_size), which takes images of any size and resizes them "
+        f"as the model was trained, or resize the images to {size[0]} x {size[1]} yourself."
+    )
+
+
+def refuse_other_sizes(inferencer: OpenVINOInferencer | TorchInferencer, images: list[Path], model_path: Path) -> None:
+    """Stop before scoring if an export of fixed input size meets images of another size (read from headers only).
+
+    Otherwise every image would fail on the runtime's raw shape error. Files whose header cannot be read are
+    left to the scoring loop, which records them.
+    """
+    size = fixed_input_size(inferencer)
+    if size is None:
+        return
+    others = []
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                shape = (image.height, image.width)
+        except (OSError, SyntaxError):
+            continue
+        if shape != size:
+            others.append((path, shape))
+    if others:
+        path, shape = others[0]
+        msg = _wrong_size_message(model_path, size, path, shape)
+        raise ValueError(f"{len(others)} of {len(images)} images have another size. {msg}")
+
+
 def predict_image(inferencer: OpenVINOInferencer | TorchInferencer, path: Path) -> tuple[Prediction, np.ndarray]:
     """Score one file (read with 16-bit files scaled); return the prediction and the RGB image it scored."""
     original = read_rgb(path)
+    size = fixed_input_size(inferencer)
+    if size is not None and original.shape[:2] != size:
+        raise ValueError(_wrong_size_message(None, size, path, original.shape[:2]))
     result = inferencer.predict(original)
     height, width = original.shape[:2]
     prediction = Prediction(
@@ -179,11 +229,11 @@ def refuse_unwritable_output(output: Path) -> None:
         raise UnwritableOutputError(msg) from error
 
 
-def prepare_output(output: Path, overwrite: bool = False) -> None:
-    """Refuse an output folder holding an earlier run's results, or one that cannot be written to.
+def check_output(output: Path, overwrite: bool = False) -> list[Path]:
+    """Refuse an output folder holding an earlier run's results (unless ``overwrite``) or that cannot be written to.
 
-    With ``overwrite``, just those results are removed, once the folder is known to be writable: a refusal
-    removes nothing.
+    Returns the earlier results that ``overwrite`` replaces; nothing is removed here, so that a later refusal
+    (the model's input size, say) leaves them in place.
     """
     earlier = [output / name for name in (RESULTS_FILE, OVERLAY_FOLDER) if (output / name).exists()]
     if earlier and not overwrite:
@@ -194,11 +244,21 @@ def prepare_output(output: Path, overwrite: bool = False) -> None:
         )
         raise FileExistsError(msg)
     refuse_unwritable_output(output)
+    return earlier
+
+
+def remove_earlier_results(earlier: list[Path]) -> None:
+    """Remove the earlier run's ``predictions.csv`` and ``overlays/`` that ``check_output`` found."""
     for path in earlier:
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def prepare_output(output: Path, overwrite: bool = False) -> None:
+    """:func:`check_output`, then remove the earlier results it found."""
+    remove_earlier_results(check_output(output, overwrite))
 
 
 def predict_folder(
@@ -213,8 +273,10 @@ def predict_folder(
         msg = f"Exported model not found: {model_path}"
         raise FileNotFoundError(msg)
     images = input_images(folder, exclude=output)
-    prepare_output(output, overwrite)
+    earlier = check_output(output, overwrite)
     inferencer = load_inferencer(model_path, precision)
+    refuse_other_sizes(inferencer, images, model_path)
+    remove_earlier_results(earlier)
     run = PredictionRun()
     overlays = overlay_paths(path.relative_to(folder) for path in images)
     with (output / RESULTS_FILE).open("w", newline="") as handle:
