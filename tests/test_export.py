@@ -349,8 +349,9 @@ def test_predict_skips_bad_files_keeps_the_rest_and_fails_at_the_end(exported: d
     assert "notes.png:" in result.stderr
     rows = _rows(output)
     assert sorted(rows) == ["broken.png", "notes.png", "part.jpg", "part.png"]
-    assert rows["broken.png"]["error"]
-    assert rows["notes.png"]["error"]
+    for name in ("broken.png", "notes.png"):  # the file itself, not just PIL's "image file is truncated"
+        assert rows[name]["error"].startswith(f"Cannot read {folder / name}: "), rows[name]["error"]
+        assert "copy it again" in rows[name]["error"]
     assert not rows["part.png"]["error"]
     assert rows["part.png"]["pred_score"] != rows["part.jpg"]["pred_score"]
     overlays = sorted(path.name for path in (output / "overlays").iterdir())

@@ -1,5 +1,6 @@
 """16-bit images: read scaled (not clipped to white) everywhere this package reads, refused where anomalib reads."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,13 @@ from PIL import Image
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.cli import main
 from anomalib_featureridge.data.defects import make_synthetic_split
-from anomalib_featureridge.data.images import convert_to_8bit, list_images, read_gray_or_rgb, read_rgb
+from anomalib_featureridge.data.images import (
+    UnreadableImageError,
+    convert_to_8bit,
+    list_images,
+    read_gray_or_rgb,
+    read_rgb,
+)
 
 
 def _gradient_16_bit(size: int = 64) -> np.ndarray:
@@ -119,3 +126,22 @@ def test_one_lister_for_every_folder_of_images(tmp_path: Path) -> None:
         "c.jpeg",
         "d.tif",
     ]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_an_unreadable_file_is_named_with_the_way_out(tmp_path: Path, suffix: str) -> None:
+    """PIL says only "image file is truncated"; every reader here names the file (predict's rows, defects' sources)."""
+    whole = tmp_path / f"whole{suffix}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    text = tmp_path / f"notes{suffix}"
+    text.write_text("not an image")
+    for path in (truncated, text):
+        for read in (read_rgb, read_gray_or_rgb):
+            with pytest.raises(
+                UnreadableImageError, match=rf"^Cannot read {re.escape(str(path))}: .*copy it again from its source"
+            ):
+                read(path)
+    with pytest.raises(FileNotFoundError):  # a missing file is not called damaged
+        read_rgb(tmp_path / f"missing{suffix}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -58,11 +58,39 @@ def _scaled_to_8_bit(image: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(((values * 255 + _FULL_SCALE_16_BIT // 2) // _FULL_SCALE_16_BIT).astype(np.uint8))
 
 
-def open_8_bit(path: str | Path) -> Image.Image:
-    """The file as an 8-bit PIL image (``L``, ``RGB``, ... as stored), high bit depths scaled, not clipped."""
-    path = Path(path)
-    with Image.open(path) as image:
+class UnreadableImageError(OSError):
+    """An image file that cannot be decoded (truncated, damaged, not an image): the message names it."""
+
+
+def unreadable_message(path: str | Path, error: BaseException, folder: str = "its folder") -> str:
+    """Why ``path`` cannot be read and the way out; PIL's own messages ("image file is truncated") name no file."""
+    return (
+        f"Cannot read {path}: {error}. The file is damaged, incomplete (an interrupted copy?) or not an image: "
+        f"copy it again from its source, or remove it from {folder}, then run again."
+    )
+
+
+def _decoded(path: Path) -> Image.Image:
+    """The opened and fully decoded file; decoding errors name the file (a missing file stays FileNotFoundError)."""
+    try:
+        image = Image.open(path)
+    except UnidentifiedImageError as error:
+        raise UnreadableImageError(unreadable_message(path, error)) from error
+    try:
         image.load()
+    except (OSError, SyntaxError) as error:
+        image.close()
+        raise UnreadableImageError(unreadable_message(path, error)) from error
+    return image
+
+
+def open_8_bit(path: str | Path) -> Image.Image:
+    """The file as an 8-bit PIL image (``L``, ``RGB``, ... as stored), high bit depths scaled, not clipped.
+
+    A file that cannot be decoded raises :class:`UnreadableImageError` naming it.
+    """
+    path = Path(path)
+    with _decoded(path) as image:
         if image.mode in HIGH_BIT_DEPTH_MODES:
             return _scaled_to_8_bit(image, path)
         if image.mode == "F":
@@ -186,11 +214,7 @@ class NamingUnreadableFiles:
             mask = sample.get("mask_path")
             mask_failed = isinstance(mask, str) and mask and not _unreadable(sample.image_path) and _unreadable(mask)
             path = mask if mask_failed else sample.image_path
-            msg = (
-                f"Cannot read {path}: {error}. The file is damaged or incomplete (an interrupted copy?): copy it "
-                f"again from its source, or remove it from the dataset folder, then run again."
-            )
-            raise OSError(msg) from error
+            raise OSError(unreadable_message(path, error, "the dataset folder")) from error
 
 
 def name_unreadable_files(datamodule: Any) -> None:

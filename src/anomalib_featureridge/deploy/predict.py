@@ -33,7 +33,7 @@ from PIL.PngImagePlugin import PngInfo
 from torch.nn import functional as F  # noqa: N812
 from tqdm import tqdm
 
-from ..data.images import IMAGE_SUFFIXES, list_images, read_rgb
+from ..data.images import IMAGE_SUFFIXES, UnreadableImageError, list_images, read_rgb
 from .precision import EXACT, openvino_config
 
 RESULTS_FILE = "predictions.csv"
@@ -289,7 +289,7 @@ def predict_folder(
                 overlay = output / OVERLAY_FOLDER / overlays[relative]
                 _save_overlay(render_overlay(prediction, original), prediction, relative, overlay)
             except Exception as error:  # one bad file must not cost the others' results
-                reason = f"{type(error).__name__}: {error}"
+                reason = str(error) if isinstance(error, UnreadableImageError) else f"{type(error).__name__}: {error}"
                 run.skipped.append((relative.as_posix(), reason))
                 writer.writerow([relative.as_posix(), "", "", reason])
             else:
