@@ -178,3 +178,48 @@ def test_hold_out_is_seeded_disjoint_and_refuses_an_empty_share() -> None:
     assert hold_out(paths, 0.3, seed=1) == (kept, held)
     with pytest.raises(ValueError, match="held-out share"):
         hold_out(paths, 0.0)
+
+
+def _good_folder(tmp_path: Path, count: int = 3) -> Path:
+    good = tmp_path / "good"
+    good.mkdir()
+    for index in range(count):
+        Image.fromarray(_textured(index, colour=False)).save(good / f"{index}.png")
+    return good
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--holdout", "1.5"], "argument --holdout: The held-out share must lie in (0, 1], got 1.5."),
+        (["--holdout", "0"], "argument --holdout: The held-out share must lie in (0, 1], got 0.0."),
+        (["--kinds", "line", "laser"], "argument --kinds: Unknown or no defect kinds ['laser']; choose from line,"),
+    ],
+)
+def test_cli_refuses_bad_options_as_argparse_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: list[str], expected: str
+) -> None:
+    good = _good_folder(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synthesize-defects", str(good), str(tmp_path / "data"), *option])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.splitlines()[-1].startswith(f"anomalib-featureridge synthesize-defects: error: {expected}"), message
+    assert "Traceback" not in message
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_names_a_corrupt_source_image_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = _good_folder(tmp_path)
+    whole = (good / "1.png").read_bytes()
+    (good / "1.png").write_bytes(whole[: len(whole) // 2])  # an interrupted copy
+    assert main(["synthesize-defects", str(good), str(tmp_path / "data"), "--holdout", "0.5"]) == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1, message
+    assert message.startswith(f"anomalib-featureridge synthesize-defects: Cannot read {good / '1.png'}: ")
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_on_a_missing_source_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["synthesize-defects", str(tmp_path / "missing"), str(tmp_path / "data")]) == 2
+    assert f"{tmp_path / 'missing'} is not a folder of images" in capsys.readouterr().err

@@ -105,15 +105,29 @@ def _to_8bit(args: argparse.Namespace) -> int:
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    from anomalib_featureridge.data.defects import DEFECT_KINDS, hold_out_with_defects
-    from anomalib_featureridge.data.images import copy_as_8_bit, list_images
+    from anomalib_featureridge.data.defects import DEFECT_KINDS, check_kinds, check_share, hold_out_with_defects
+    from anomalib_featureridge.data.images import UnreadableImageError, copy_as_8_bit, list_images
 
+    kinds = args.kinds or DEFECT_KINDS
+    # The rules live with the defects (torch is imported there), so they are checked here, in argparse's words.
+    for option, check, value in (("--holdout", check_share, args.holdout), ("--kinds", check_kinds, kinds)):
+        try:
+            check(value)
+        except ValueError as error:
+            args.parser.error(f"argument {option}: {error}")
+    if not args.source.is_dir():
+        print(f"anomalib-featureridge synthesize-defects: {args.source} is not a folder of images.", file=sys.stderr)
+        return 2
     good = list_images(args.source)
     if not good:
-        print(f"No images in {args.source}", file=sys.stderr)
+        print(f"anomalib-featureridge synthesize-defects: No images in {args.source}", file=sys.stderr)
         return 2
     category_dir = args.output / args.category
-    kept, _, counts = hold_out_with_defects(good, category_dir, args.holdout, args.kinds or DEFECT_KINDS, args.seed)
+    try:  # every source image is read (for the object region) before anything is written
+        kept, _, counts = hold_out_with_defects(good, category_dir, args.holdout, kinds, args.seed)
+    except UnreadableImageError as error:
+        print(f"anomalib-featureridge synthesize-defects: {error}", file=sys.stderr)
+        return 2
     for path in kept:
         copy_as_8_bit(path, category_dir / "train" / "good" / path.name)
     print(f"Wrote {category_dir}: {len(kept)} train/good, synthetic test split {counts}.")
@@ -207,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--holdout", type=float, default=0.2, help="share of images for the synthetic split")
     synthesize.add_argument("--kinds", nargs="+", help="kinds to cycle through (default: line distortion perlin)")
     synthesize.add_argument("--seed", type=int, default=0, help="same seed, same files (default: 0)")
-    synthesize.set_defaults(handler=_synthesize)
+    synthesize.set_defaults(handler=_synthesize, parser=synthesize)
 
     benchmark = commands.add_parser(
         "benchmark",

@@ -359,11 +359,24 @@ def add_defects_to_batch(
     return defective, torch.from_numpy(masks)[:, None].to(images.device)
 
 
-def hold_out(paths: Sequence[Path], share: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
-    """``(kept, held out)``: a seeded random ``share`` of ``paths`` (at least one) is held out, both in name order."""
+def check_share(share: float) -> None:
+    """Refuse a held-out share outside (0, 1]: the one rule, checked by the command before anything is read."""
     if not 0.0 < share <= 1.0:
         msg = f"The held-out share must lie in (0, 1], got {share}."
         raise ValueError(msg)
+
+
+def check_kinds(kinds: Sequence[str]) -> None:
+    """Refuse unknown defect kinds, or none, naming the kinds there are."""
+    unknown = sorted(set(kinds) - set(DEFECT_KINDS))
+    if unknown or not kinds:
+        msg = f"Unknown or no defect kinds {unknown or list(kinds)}; choose from {', '.join(DEFECT_KINDS)}."
+        raise ValueError(msg)
+
+
+def hold_out(paths: Sequence[Path], share: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """``(kept, held out)``: a seeded random ``share`` of ``paths`` (at least one) is held out, both in name order."""
+    check_share(share)
     order = np.random.default_rng(seed).permutation(len(paths))
     count = max(1, round(share * len(paths)))
     return [paths[index] for index in sorted(order[count:])], [paths[index] for index in sorted(order[:count])]
@@ -402,10 +415,7 @@ def make_synthetic_split(
     if not good_images:
         msg = "No good images to build synthetic defects from."
         raise ValueError(msg)
-    unknown = sorted(set(kinds) - set(DEFECT_KINDS))
-    if unknown or not kinds:
-        msg = f"Unknown or no defect kinds {unknown or list(kinds)}; choose from {DEFECT_KINDS}."
-        raise ValueError(msg)
+    check_kinds(kinds)
     paths = [Path(path) for path in good_images]
     region_finder = region_finder or ObjectRegionFinder.from_images(read_gray_or_rgb(path) for path in paths)
     rng = np.random.default_rng(seed)
