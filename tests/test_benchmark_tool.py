@@ -21,7 +21,7 @@ from anomalib_featureridge import cli
 from anomalib_featureridge.benchmark import construction, harness, inference_scale, measurement, options, sweep
 from anomalib_featureridge.benchmark.report import markdown, write_report
 from anomalib_featureridge.data import SyntheticSpec, make_synthetic_dataset
-from anomalib_featureridge.models.feature_ridge.torch_model import HEADS, REFERENCES
+from anomalib_featureridge.models.feature_ridge.options import BY_NAME
 
 
 def benchmark_main(argv: list[str]) -> None:
@@ -353,7 +353,7 @@ def test_a_value_not_measured_gets_no_bar():
 
 
 def test_a_rank_outside_the_deep_layer_is_refused_before_any_fit(synthetic_root, tmp_path):
-    with pytest.raises(SystemExit, match=r"--feature-ridge-rank must be between 1 and 255 for 'layer3'"):
+    with pytest.raises(SystemExit, match=r"FeatureRidge: rank must be between 1 and 255 .*'layer3'"):
         run(synthetic_root, tmp_path, "--feature-ridge-rank", "256", "--skip-full", "--scaling", "4")
     assert not (tmp_path / "results.csv").exists()
 
@@ -461,8 +461,8 @@ def test_feature_ridge_gets_its_head_and_fit_precision_and_other_models_do_not()
     args = parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
     setup = sweep.setup_from(args)
     model = construction.build_model("FeatureRidge", setup, floor_channels=0)
-    assert model.model.head == "gaussian"
-    assert model.model.fit_precision == "float32"
+    assert model.model.settings["head"] == "gaussian"
+    assert model.model.settings["fit_precision"] == "float32"
     assert construction.settings_of("FeatureRidge", setup) == "head=gaussian fit=float32"
     assert construction.settings_of("Padim", setup) == ""
     assert construction.settings_of("SyntheticDefectMetric", setup) == ""
@@ -473,13 +473,17 @@ def test_feature_ridge_gets_its_kept_channels_and_padim_does_not():
     args = parse_args(["--root", "x", "--categories", "c", *SMOKE, *options])
     setup = sweep.setup_from(args)
     model = construction.build_model("FeatureRidge", setup, floor_channels=0)
-    assert model.model.channels == [48, 96]
+    assert model.model.settings["channels"] == [48, 96]
     assert construction.settings_of("FeatureRidge", setup) == "head=local channels=48+96"
     assert construction.settings_of("Padim", setup) == ""
 
 
 @pytest.mark.parametrize(
-    ("option", "accepted"), [("--feature-ridge-head", HEADS), ("--feature-ridge-reference", REFERENCES)]
+    ("option", "accepted"),
+    [
+        (f"--feature-ridge-{name.replace('_', '-')}", BY_NAME[name].choices)
+        for name in ("head", "reference", "fit_precision")
+    ],
 )
 def test_benchmark_offers_every_feature_ridge_choice_and_no_other(option, accepted):
     """The options are listed without importing torch, so this keeps the two lists from drifting apart."""

@@ -11,7 +11,7 @@ from test_torch_model import _normal_images
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.models.feature_ridge.channels import channel_subsets
 from anomalib_featureridge.models.feature_ridge.local import LocalStatistics, local_scores, solve_local_head
-from anomalib_featureridge.models.feature_ridge.torch_model import upsample_to
+from anomalib_featureridge.models.feature_ridge.maps import upsample_to
 
 KEPT = [48, 96]  # of resnet18's 128 layer2 and 256 layer3 channels
 
@@ -45,8 +45,8 @@ def test_the_local_head_on_a_subset_equals_one_fitted_on_those_channels() -> Non
         head = {name: value.float() for name, value in solve_local_head(statistics).items()}
         expected = local_scores(*kept_maps(test), head, 2)
         torch.testing.assert_close(model.patch_scores(test), expected, rtol=1e-4, atol=1e-4)
-    assert model.local_mean_x.shape[0] == KEPT[0]
-    assert model.local_mean_y.shape[0] == KEPT[1]
+    assert model.head.mean_x.shape[0] == KEPT[0]
+    assert model.head.mean_y.shape[0] == KEPT[1]
 
 
 def test_the_two_scale_head_on_a_subset_is_smaller_and_updates_exactly() -> None:
@@ -58,14 +58,19 @@ def test_the_two_scale_head_on_a_subset_is_smaller_and_updates_exactly() -> None
     torch.testing.assert_close(incremental.patch_scores(test), full.patch_scores(test), rtol=1e-4, atol=1e-4)
     every = small_model(head="two_scale")
     every.update(first)
-    sizes = [sum(t.numel() for name, t in m.state_dict().items() if "_x_whitening" in name) for m in (full, every)]
+    sizes = [
+        sum(t.numel() for name, t in m.state_dict().items() if name.endswith("x_whitening")) for m in (full, every)
+    ]
     assert sizes[0] * 6 < sizes[1], "48 of 128 shallow channels: about a seventh of the whitening factors"
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"head": "paper", "channels": KEPT}, r"only available with the local heads .*paper head reads every"),
+        (
+            {"head": "paper", "channels": KEPT},
+            r"channels=\[48, 96\] is read only by the local and two_scale heads, not by head='paper'",
+        ),
         ({"head": "local", "channels": [48]}, r"\[shallow, deep\].*128 in 'layer2', 256 in 'layer3'.*got \[48\]"),
         ({"head": "local", "channels": [0, 96]}, r"each from 1 to the map's"),
         ({"head": "local", "channels": [48, 257]}, r"256 in 'layer3'"),
@@ -83,7 +88,7 @@ def test_a_checkpoint_keeps_its_subset_and_refuses_another(synthetic_root: Path,
     path = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(path)
     restored = FeatureRidge.load_from_checkpoint(path).eval()  # channels left at the default: the checkpoint's win
-    assert restored.model.channels == KEPT
+    assert restored.model.settings["channels"] == KEPT
     assert torch.equal(restored.model.shallow_channels, model.model.shallow_channels)
     images = torch.rand(1, 3, 256, 256)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)

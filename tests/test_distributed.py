@@ -94,12 +94,14 @@ def test_two_processes_fit_the_same_model_as_one(odd_root: Path, tmp_path: Path)
     single, single_engine = _fit(odd_root, tmp_path / "one", devices=1)
     double, double_engine = _fit(odd_root, tmp_path / "two", devices=2)
     grid = (IMAGE_SIZE[0] // 8) * (IMAGE_SIZE[1] // 8)
-    assert float(single.model.statistics.count) == TRAIN_IMAGES * grid
-    assert float(double.model.statistics.count) == TRAIN_IMAGES * grid
+    assert float(single.model.head.statistics.count) == TRAIN_IMAGES * grid
+    assert float(double.model.head.statistics.count) == TRAIN_IMAGES * grid
     for name in ("sum_x", "sum_y", "xtx", "xty"):
-        expected = getattr(single.model.statistics, name)
-        torch.testing.assert_close(getattr(double.model.statistics, name), expected, rtol=1e-12, atol=1e-9)
-    for got, expected in zip(double.model.statistics.solve(1.0), single.model.statistics.solve(1.0), strict=True):
+        expected = getattr(single.model.head.statistics, name)
+        torch.testing.assert_close(getattr(double.model.head.statistics, name), expected, rtol=1e-12, atol=1e-9)
+    for got, expected in zip(
+        double.model.head.statistics.solve(1.0), single.model.head.statistics.solve(1.0), strict=True
+    ):
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-9
     # The validation metrics, computed across both processes, equal one process's.
     _assert_same_metrics(double_engine.trainer.callback_metrics, single_engine.trainer.callback_metrics)
@@ -112,7 +114,7 @@ def test_two_processes_fit_the_same_model_as_one(odd_root: Path, tmp_path: Path)
     torch.testing.assert_close(
         restored.model(images).anomaly_map, single.model(images).anomaly_map, rtol=1e-5, atol=1e-5
     )
-    assert float(restored.model.statistics.count) == TRAIN_IMAGES * grid
+    assert float(restored.model.head.statistics.count) == TRAIN_IMAGES * grid
 
     # An update after the distributed fit equals a full refit on all images.
     extra = torch.rand(3, 3, *IMAGE_SIZE)
@@ -122,8 +124,8 @@ def test_two_processes_fit_the_same_model_as_one(odd_root: Path, tmp_path: Path)
     refit = _model().model
     refit.accumulate(single.pre_processor.transform(training))
     refit.update(extra)
-    assert float(restored.model.statistics.count) == float(refit.statistics.count)
-    for got, expected in zip(restored.model.statistics.solve(1.0), refit.statistics.solve(1.0), strict=True):
+    assert float(restored.model.head.statistics.count) == float(refit.head.statistics.count)
+    for got, expected in zip(restored.model.head.statistics.solve(1.0), refit.head.statistics.solve(1.0), strict=True):
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-9
 
 
@@ -132,8 +134,11 @@ def test_two_processes_fit_the_per_position_heads_as_one(odd_root: Path, tmp_pat
     single, single_engine = _fit(odd_root, tmp_path / "one", devices=1, head=head)
     double, double_engine = _fit(odd_root, tmp_path / "two", devices=2, head=head)
     # Counted in images: the sampler's repeat is left out of the per-position sums too.
-    for statistics in ("positions", "coarse_positions")[: 2 if head == "two_scale" else 1]:
-        one, two = getattr(single.model, statistics), getattr(double.model, statistics)
+    per_position = [name for name in single.model.head.committed_sums() if name.endswith("positions")]
+    assert len(per_position) == (2 if head == "two_scale" else 1)
+    for statistics in per_position:
+        one = single.model.head.get_submodule(statistics)
+        two = double.model.head.get_submodule(statistics)
         assert float(two.count) == float(one.count) == TRAIN_IMAGES
         for name in one.SUMS:
             torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=1e-12, atol=1e-9)

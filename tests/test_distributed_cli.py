@@ -37,4 +37,4 @@ def test_anomalib_train_on_two_processes_writes_one_complete_run(synthetic_root:
     # Every training image counted once (the sampler's repeat left out), at anomalib's default 256 px input.
     height, width = model.model.extract(torch.zeros(1, 3, 256, 256))[0].shape[-2:]
     train_images = len(list((synthetic_root / "synthetic" / "train").rglob("*.png")))
-    assert int(model.model.statistics.count) == train_images * height * width
+    assert int(model.model.head.statistics.count) == train_images * height * width

@@ -252,8 +252,8 @@ def test_exports_hold_only_what_inference_needs(exported: dict) -> None:
     )
     assert onnx_path.stat().st_size < 1.1 * backbone_and_head_bytes
     saved = torch.load(exported["paths"]["torch"], weights_only=False)["model"]
-    assert saved.model.statistics.is_empty
-    assert not exported["model"].model.statistics.is_empty, "exporting must not strip the live model"
+    assert saved.model.head.statistics.is_empty
+    assert not exported["model"].model.head.statistics.is_empty, "exporting must not strip the live model"
 
 
 def test_exporting_an_unfitted_model_is_refused(tmp_path: Path) -> None:
@@ -542,7 +542,7 @@ def test_low_rank_model_exports_to_onnx_with_the_same_scores(tmp_path: Path) -> 
     model.eval()
     onnx_path = model.to_onnx(tmp_path, input_size=(64, 64))  # no pre-processor: fix the size
     initializers = {tensor.name for tensor in onnx.load(str(onnx_path)).graph.initializer}
-    assert {"model.weight", "model.projection"} <= initializers
+    assert {"model.head.weight", "model.head.projection"} <= initializers
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

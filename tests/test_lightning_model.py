@@ -55,7 +55,7 @@ def test_checkpoint_round_trip_gives_identical_scores(trained, synthetic_root: P
     original, loaded = model.model(images), restored.model(images)
     torch.testing.assert_close(loaded.anomaly_map, original.anomaly_map, rtol=0, atol=0)
     torch.testing.assert_close(loaded.pred_score, original.pred_score, rtol=0, atol=0)
-    assert restored.model.statistics.count == model.model.statistics.count
+    assert restored.model.head.statistics.count == model.model.head.statistics.count
 
 
 def test_fitted_is_one_flag_and_old_checkpoints_with_the_mixin_flag_load(trained, tmp_path: Path) -> None:
@@ -88,8 +88,8 @@ def test_a_second_epoch_does_not_count_the_images_twice(synthetic_root: Path, tm
             num_sanity_val_steps=0,
         )
         trainer.fit(model, train_dataloaders=_loader(dataset))
-    assert float(twice.model.statistics.count) == float(once.model.statistics.count)
-    torch.testing.assert_close(twice.model.weight, once.model.weight, rtol=0, atol=0)
+    assert float(twice.model.head.statistics.count) == float(once.model.head.statistics.count)
+    torch.testing.assert_close(twice.model.head.weight, once.model.head.weight, rtol=0, atol=0)
 
 
 def test_checkpoint_loads_without_the_original_weights_file(synthetic_root: Path, tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_low_rank_checkpoint_round_trip(synthetic_root: Path, tmp_path: Path) ->
     engine.fit(model=model, datamodule=_datamodule(synthetic_root))
     engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
     restored = FeatureRidge.load_from_checkpoint(tmp_path / "model.ckpt").eval()
-    assert restored.model.rank == 16
+    assert restored.model.settings["rank"] == 16
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
 
@@ -170,22 +170,23 @@ def test_predict_on_a_folder_of_new_images(trained, synthetic_root: Path) -> Non
 def test_fitting_again_adds_images_and_re_solves(synthetic_root: Path, tmp_path: Path) -> None:
     model = _model(head="paper")
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
-    first_count, first_weight = float(model.model.statistics.count), model.model.weight.clone()
+    first_count, first_weight = float(model.model.head.statistics.count), model.model.head.weight.clone()
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
-    assert float(model.model.statistics.count) == 2 * first_count
-    weight, _ = model.model.statistics.solve(model.model.alpha)
-    expected = weight.T.reshape(model.model.weight.shape).float()
-    torch.testing.assert_close(model.model.weight, expected)
-    assert not torch.equal(model.model.weight, first_weight)
+    assert float(model.model.head.statistics.count) == 2 * first_count
+    weight, _ = model.model.head.statistics.solve(model.model.settings["alpha"])
+    expected = weight.T.reshape(model.model.head.weight.shape).float()
+    torch.testing.assert_close(model.model.head.weight, expected)
+    assert not torch.equal(model.model.head.weight, first_weight)
 
 
 def test_fitting_a_two_scale_model_again_adds_images_to_both_heads(synthetic_root: Path, tmp_path: Path) -> None:
     model = _model(head="two_scale")
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
-    counts = {name: float(getattr(model.model, name).count) for name in ("positions", "coarse_positions")}
+    counts = {name: float(sums.count) for name, sums in model.model.head.committed_sums().items()}
+    assert set(counts) == {"fine.positions", "coarse.positions"}
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
     for name, count in counts.items():
-        assert float(getattr(model.model, name).count) == 2 * count
+        assert float(model.model.head.get_submodule(name).count) == 2 * count
 
 
 def test_fitting_again_without_statistics_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
@@ -232,27 +233,27 @@ def test_a_failed_fit_leaves_nothing_behind(synthetic_root: Path, tmp_path: Path
     failing = _FailingOnLastImage(root=synthetic_root, category="synthetic")
     with pytest.raises(OSError, match="truncated"):
         _engine(tmp_path).fit(model=model, train_dataloaders=_loader(failing))
-    assert model.model.statistics.is_empty
+    assert model.model.head.statistics.is_empty
     assert not bool(model.model.fitted)
     _engine(tmp_path).fit(
         model=model, train_dataloaders=_loader(MVTecADDataset(root=synthetic_root, category="synthetic"))
     )
-    assert float(model.model.statistics.count) == float(clean.model.statistics.count)
-    torch.testing.assert_close(model.model.weight, clean.model.weight, rtol=0, atol=0)
+    assert float(model.model.head.statistics.count) == float(clean.model.head.statistics.count)
+    torch.testing.assert_close(model.model.head.weight, clean.model.head.weight, rtol=0, atol=0)
 
 
 def test_a_failed_update_keeps_the_fitted_model(synthetic_root: Path, tmp_path: Path) -> None:
     model = _model()
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
-    count, weight = float(model.model.statistics.count), model.model.weight.clone()
+    count, weight = float(model.model.head.statistics.count), model.model.head.weight.clone()
     with pytest.raises(OSError, match="truncated"):
         _engine(tmp_path).fit(
             model=model, train_dataloaders=_loader(_FailingOnLastImage(root=synthetic_root, category="synthetic"))
         )
-    assert float(model.model.statistics.count) == count
-    torch.testing.assert_close(model.model.weight, weight, rtol=0, atol=0)
+    assert float(model.model.head.statistics.count) == count
+    torch.testing.assert_close(model.model.head.weight, weight, rtol=0, atol=0)
     _engine(tmp_path).fit(model=model, datamodule=_datamodule(synthetic_root))
-    assert float(model.model.statistics.count) == 2 * count
+    assert float(model.model.head.statistics.count) == 2 * count
 
 
 def test_bad_settings_are_refused_when_the_model_is_built() -> None:
@@ -277,14 +278,16 @@ def test_checkpoint_from_before_the_head_option_loads_as_the_default_paper_head(
     ):
         FeatureRidge.load_from_checkpoint(path, head="gaussian")
     restored = FeatureRidge.load_from_checkpoint(path).eval()
-    assert restored.model.head == "paper"
+    assert restored.model.settings["head"] == "paper"
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
-    assert restored.model.pool == 1, "a checkpoint from before the pool option averaged no features"
-    assert restored.model.reference == "none", "a checkpoint from before the reference option referred no features"
-    # The paper head does not read region, so a region given with it is no conflict.
-    with_region = FeatureRidge.load_from_checkpoint(path, region=3).eval()
-    torch.testing.assert_close(with_region.model(images).anomaly_map, restored.model(images).anomaly_map)
+    assert restored.model.settings["pool"] == 1, "a checkpoint from before the pool option averaged no features"
+    assert restored.model.settings["reference"] == "none", (
+        "a checkpoint from before the reference option referred no features"
+    )
+    # The paper head does not read region: a region given with it is refused, not ignored.
+    with pytest.raises(ValueError, match=r"region=3 is read only by the local and two_scale heads"):
+        FeatureRidge.load_from_checkpoint(path, region=3)
 
 
 @pytest.mark.parametrize("head", ["gaussian", "local", "two_scale"])
@@ -296,15 +299,20 @@ def test_per_position_checkpoint_gives_its_head_to_a_default_model_and_refuses_a
     path = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(path)
     restored = FeatureRidge.load_from_checkpoint(path).eval()  # head left at its default: the checkpoint's wins
-    assert restored.model.head == head
+    assert restored.model.settings["head"] == head
     images = torch.rand(1, 3, 256, 256)  # the pre-processor's size: these heads keep per-position statistics
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)
     checkpoint = torch.load(path, weights_only=False)
-    with pytest.raises(ValueError, match=r"trained with .*alpha=1\.0.*configured with .*alpha=2\.0.*--model\.alpha"):
-        _model(head=head, alpha=2.0).on_load_checkpoint(checkpoint)
     if head == "gaussian":
-        _model(head=head, region=3).on_load_checkpoint(checkpoint)  # only the local heads read region
+        with pytest.raises(
+            ValueError, match=r"trained with .*alpha=1\.0.*configured with .*alpha=2\.0.*--model\.alpha"
+        ):
+            _model(head=head, alpha=2.0).on_load_checkpoint(checkpoint)
+        with pytest.raises(ValueError, match=r"region=3 is read only by the local and two_scale heads"):
+            _model(head=head, region=3)
     else:
+        with pytest.raises(ValueError, match=r"alpha=2\.0 is read only by the paper and gaussian heads"):
+            _model(head=head, alpha=2.0)
         with pytest.raises(ValueError, match=r"trained with .*region=2.*configured with .*region=3.*--model\.region"):
             _model(head=head, region=3).on_load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match=r"trained with .*pool=1.*configured with .*pool=3.*--model\.pool"):
@@ -319,6 +327,6 @@ def test_pooled_checkpoint_scores_with_its_pool_when_loaded_with_the_defaults(
     path = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(path)
     restored = FeatureRidge.load_from_checkpoint(path).eval()
-    assert restored.model.pool == 3
+    assert restored.model.settings["pool"] == 3
     images = torch.rand(1, 3, 256, 256)
     torch.testing.assert_close(restored.model(images).anomaly_map, model.eval().model(images).anomaly_map)

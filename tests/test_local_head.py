@@ -16,7 +16,7 @@ from anomalib_featureridge.models.feature_ridge.local import (
     region_rows,
     unpack_lower,
 )
-from anomalib_featureridge.models.feature_ridge.torch_model import upsample_to
+from anomalib_featureridge.models.feature_ridge.maps import upsample_to
 
 
 def _block_labels(height: int, width: int, region: int) -> torch.Tensor:
@@ -101,7 +101,7 @@ def test_local_head_refuses_another_input_size_and_rank() -> None:
         model(torch.rand(1, 3, 96, 96))
     with pytest.raises(ValueError, match="same size"):
         model.update(torch.rand(1, 3, 96, 96))
-    with pytest.raises(ValueError, match=r"rank is only available with head='paper' \(the local head"):
+    with pytest.raises(ValueError, match=r"rank=8 is read only by the paper head, not by head='local'"):
         small_model(head="local", rank=8)
 
 
@@ -114,10 +114,10 @@ def test_bad_region_is_refused(region: object) -> None:
 def test_local_head_statistics_are_dropped_without_keep_statistics() -> None:
     model = small_model(head="local", keep_statistics=False)
     model.update(_normal_images(3))
-    assert model.positions.is_empty
-    assert model.local_x_whitening.numel() > 0
+    assert model.head.positions.is_empty
+    assert model.head.x_whitening.numel() > 0
     deep_on_grid = upsample_to(*reversed(model.extract(_normal_images(1))))
-    assert deep_on_grid.shape[-2:] == model.local_mean_y.shape[-2:]
+    assert deep_on_grid.shape[-2:] == model.head.mean_y.shape[-2:]
 
 
 def test_whitening_factors_are_stored_as_packed_lower_triangles() -> None:
@@ -127,8 +127,8 @@ def test_whitening_factors_are_stored_as_packed_lower_triangles() -> None:
     torch.testing.assert_close(unpack_lower(packed, 4), lower)
     model = small_model(head="local")
     model.update(_normal_images(3))
-    channels = model.local_mean_x.shape[0]
-    assert model.local_x_whitening.shape[-1] == channels * (channels + 1) // 2
+    channels = model.head.mean_x.shape[0]
+    assert model.head.x_whitening.shape[-1] == channels * (channels + 1) // 2
 
 
 @pytest.mark.parametrize("head", ["local", "two_scale"])
@@ -143,23 +143,6 @@ def test_local_head_update_after_scoring_equals_a_full_refit(head: str) -> None:
     torch.testing.assert_close(incremental.patch_scores(test), full.patch_scores(test), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("head", ["local", "two_scale"])
-def test_a_local_head_keeps_no_3x3_map_and_loads_a_state_that_has_one(head: str) -> None:
-    model = small_model(head=head)
-    model.update(_normal_images(3))
-    assert model.weight is None
-    assert model.bias is None
-    state = model.state_dict()
-    assert "weight" not in state
-    channels = model.local_mean_x.shape[0], model.local_mean_y.shape[0]
-    # As saved before the unused map was dropped: zeros of the paper head's shapes.
-    older = {**state, "weight": torch.zeros(channels[1], channels[0], 3, 3), "bias": torch.zeros(channels[1])}
-    restored = small_model(head=head)
-    restored.load_state_dict(older)
-    test = torch.rand(1, 3, 64, 64)
-    torch.testing.assert_close(restored.patch_scores(test), model.patch_scores(test), rtol=0, atol=0)
-
-
 def test_the_saved_local_head_holds_its_packed_factors_only(tmp_path: Path) -> None:
     model = small_model(head="local")
     model.update(_normal_images(3))
@@ -167,7 +150,7 @@ def test_the_saved_local_head_holds_its_packed_factors_only(tmp_path: Path) -> N
     expected = model.patch_scores(test)  # fills the cache of unpacked factors
     torch.save(model, tmp_path / "model.pt")
     restored = torch.load(tmp_path / "model.pt", weights_only=False)
-    assert "_local_unpacked" not in restored.__dict__
+    assert "_unpacked" not in restored.head.__dict__
     torch.testing.assert_close(restored.patch_scores(test), expected)
 
 
@@ -175,20 +158,20 @@ def test_an_export_leaves_the_local_statistics_out_and_keeps_their_kind() -> Non
     model = FeatureRidge(backbone=SMALL_BACKBONE, layers=list(SMALL_LAYERS), pre_trained=False, head="local")
     model.model.update(_normal_images(3))
     with model.export_context():
-        assert isinstance(model.model.positions, LocalStatistics)
-        assert model.model.positions.is_empty
-    assert not model.model.positions.is_empty
+        assert isinstance(model.model.head.positions, LocalStatistics)
+        assert model.model.head.positions.is_empty
+    assert not model.model.head.positions.is_empty
 
 
 def test_local_head_accumulates_only_its_own_sums() -> None:
     model = small_model(head="local")
-    assert model.pending is None, "the neighbourhood sums are the paper map's: the local head never reads them"
+    # The neighbourhood sums are the paper map's: the local head never keeps them.
+    assert list(model.head.committed_sums()) == ["positions"]
     model.accumulate(_normal_images(2))
     assert model.has_pending
     model.fit()
     assert not model.has_pending
-    assert model.statistics.is_empty
-    assert float(model.positions.count) == 2
+    assert float(model.head.positions.count) == 2
     assert model.describe_fit() == "2 images"
     model.accumulate(_normal_images(1, seed=3))
     assert model.discard_pending()

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_featureridge.models.feature_ridge.maps import neighbourhood_features, upsample_to
 from anomalib_featureridge.models.feature_ridge.neighbourhood import NeighbourhoodMoments, upsampling_matrix
 from anomalib_featureridge.models.feature_ridge.ridge import RidgeStatistics
-from anomalib_featureridge.models.feature_ridge.torch_model import neighbourhood_features, upsample_to
 
 
 def _dense(shallow: torch.Tensor, deep: torch.Tensor) -> RidgeStatistics:

@@ -5,13 +5,13 @@ import torch
 from conftest import small_model
 from test_torch_model import _normal_images
 
-from anomalib_featureridge.models.feature_ridge import torch_model
+from anomalib_featureridge.models.feature_ridge.heads import gaussian
+from anomalib_featureridge.models.feature_ridge.maps import neighbourhood_features
 from anomalib_featureridge.models.feature_ridge.positions import (
     RESIDUAL_COVARIANCE_RIDGE,
     X_COVARIANCE_RIDGE,
     PositionStatistics,
 )
-from anomalib_featureridge.models.feature_ridge.torch_model import neighbourhood_features
 
 
 def test_position_statistics_equal_dense_sums() -> None:
@@ -117,7 +117,7 @@ def test_per_position_head_scores_a_defect_higher(head: str) -> None:
 
 
 def test_gaussian_head_rejects_rank() -> None:
-    with pytest.raises(ValueError, match="rank is only available with head='paper'"):
+    with pytest.raises(ValueError, match="rank=8 is read only by the paper head, not by head='gaussian'"):
         small_model(head="gaussian", rank=8)
 
 
@@ -136,20 +136,24 @@ def test_gaussian_head_failed_fit_commits_nothing(monkeypatch: pytest.MonkeyPatc
     """Like the Ridge sums, the per-position sums change only when a fit succeeds."""
     model = small_model(head="gaussian", keep_statistics=True)
     model.update(_normal_images(4))
-    count, sum_x, weight = float(model.positions.count), model.positions.sum_x.clone(), model.weight.clone()
+    count, sum_x, weight = (
+        float(model.head.positions.count),
+        model.head.positions.sum_x.clone(),
+        model.head.weight.clone(),
+    )
 
     def failing_solve(*args: object) -> dict[str, torch.Tensor]:
         msg = "solve failed"
         raise ValueError(msg)
 
-    monkeypatch.setattr(torch_model, "solve_gaussian_head", failing_solve)
+    monkeypatch.setattr(gaussian, "solve_gaussian_head", failing_solve)
     model.accumulate(_normal_images(2))
     with pytest.raises(ValueError, match="solve failed"):
         model.fit()
-    assert float(model.positions.count) == count
-    torch.testing.assert_close(model.positions.sum_x, sum_x, rtol=0, atol=0)
-    torch.testing.assert_close(model.weight, weight, rtol=0, atol=0)
-    assert float(model.statistics.count) == count * model.positions.sum_x[0].numel()
+    assert float(model.head.positions.count) == count
+    torch.testing.assert_close(model.head.positions.sum_x, sum_x, rtol=0, atol=0)
+    torch.testing.assert_close(model.head.weight, weight, rtol=0, atol=0)
+    assert float(model.head.statistics.count) == count * model.head.positions.sum_x[0].numel()
 
 
 def test_gaussian_head_discarded_rows_are_never_counted_and_never_saved() -> None:
@@ -169,6 +173,6 @@ def test_gaussian_head_refused_update_leaves_nothing_pending() -> None:
     model.update(_normal_images(3))
     with pytest.raises(ValueError, match="same size"):
         model.update([_normal_images(2), torch.rand(1, 3, 96, 96)])
-    assert model.pending.is_empty
+    assert not model.has_pending
     model.update(_normal_images(2))  # the refused update's first batch is not counted
-    assert float(model.positions.count) == 5
+    assert float(model.head.positions.count) == 5

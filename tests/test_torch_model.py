@@ -9,8 +9,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_featureridge.components.filters import SeparableGaussianBlur
-from anomalib_featureridge.models.feature_ridge.torch_model import (
-    FeatureRidgeModel,
+from anomalib_featureridge.models.feature_ridge.maps import (
     average_neighbours,
     neighbourhood_features,
     refer_to_contrast,
@@ -57,7 +56,7 @@ def test_neighbour_average_is_the_mean_over_the_positions_inside_the_map() -> No
 def test_pool_averages_both_maps_before_every_head(head: str) -> None:
     images = torch.rand(2, 3, 64, 64)
     plain, pooled = small_model(head=head), small_model(head=head, pool=3)
-    for raw, averaged in zip(plain.backbone_maps(images), pooled.backbone_maps(images), strict=True):
+    for raw, averaged in zip(plain.maps(images).prepared(), pooled.maps(images).prepared(), strict=True):
         torch.testing.assert_close(averaged, average_neighbours(raw, 3))
     pooled.update(_normal_images(6, seed=1))
     plain.update(_normal_images(6, seed=1))
@@ -98,7 +97,7 @@ def test_reference_comes_after_pool_before_every_head(
 ) -> None:
     images = torch.rand(2, 3, 64, 64)
     pooled, referred = small_model(head=head, pool=3), small_model(head=head, pool=3, reference=reference)
-    for raw, taken in zip(pooled.backbone_maps(images), referred.backbone_maps(images), strict=True):
+    for raw, taken in zip(pooled.maps(images).prepared(), referred.maps(images).prepared(), strict=True):
         torch.testing.assert_close(taken, refer(raw))
 
 
@@ -154,18 +153,6 @@ def test_contrast_reference_scores_an_image_of_other_contrast_as_the_image(refer
         assert (other_contrast - plain).abs().max() > 1.0
 
 
-def test_a_torch_export_pickled_before_the_reference_option_scores_without_it() -> None:
-    model = small_model(head="local")
-    model.update(_normal_images(6, seed=1))
-    state = model.__getstate__()
-    del state["reference"]
-    unpickled = FeatureRidgeModel.__new__(FeatureRidgeModel)
-    unpickled.__setstate__(state)
-    assert unpickled.reference == "none"
-    images = _normal_images(2, seed=2)
-    torch.testing.assert_close(unpickled(images).anomaly_map, model(images).anomaly_map, rtol=0, atol=0)
-
-
 def test_feature_maps_align() -> None:
     model = small_model()
     shallow, deep = model.extract(torch.rand(2, 3, 64, 64))
@@ -179,7 +166,7 @@ def test_conv_inference_equals_unfolded_matrix_product() -> None:
     images = torch.rand(2, 3, 64, 64)
     shallow, deep = model.extract(images)
     inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, 128 * 9).double()
-    weight, bias = model.statistics.solve(model.alpha)
+    weight, bias = model.head.statistics.solve(model.settings["alpha"])
     predicted = (inputs @ weight + bias).reshape(2, 8, 8, 256).permute(0, 3, 1, 2)
     expected = torch.log((predicted - deep.double()).pow(2).sum(1, keepdim=True) + 1e-12)
     torch.testing.assert_close(model.patch_scores(images).double(), expected, rtol=1e-4, atol=1e-4)
@@ -191,7 +178,7 @@ def test_low_rank_head_equals_the_factored_matrix_product() -> None:
     images = torch.rand(2, 3, 64, 64)
     shallow, deep = model.extract(images)
     inputs = neighbourhood_features(shallow).permute(0, 2, 3, 1).reshape(-1, 128 * 9).double()
-    reduced, basis, bias = model.statistics.solve_reduced_rank(model.alpha, 24)
+    reduced, basis, bias = model.head.statistics.solve_reduced_rank(model.settings["alpha"], 24)
     predicted = (inputs @ reduced @ basis.T + bias).reshape(2, 8, 8, 256).permute(0, 3, 1, 2)
     expected = torch.log((predicted - deep.double()).pow(2).sum(1, keepdim=True) + 1e-12)
     torch.testing.assert_close(model.patch_scores(images).double(), expected, rtol=1e-4, atol=1e-4)
@@ -199,9 +186,9 @@ def test_low_rank_head_equals_the_factored_matrix_product() -> None:
 
 def test_low_rank_head_stores_two_small_kernels() -> None:
     state = small_model(rank=24).state_dict()
-    assert state["weight"].shape == (24, 128, 3, 3)
-    assert state["projection"].shape == (256, 24, 1, 1)
-    assert "projection" not in small_model().state_dict()
+    assert state["head.weight"].shape == (24, 128, 3, 3)
+    assert state["head.projection"].shape == (256, 24, 1, 1)
+    assert "head.projection" not in small_model().state_dict()
 
 
 def test_output_contract() -> None:
@@ -232,8 +219,8 @@ def test_update_equals_full_refit() -> None:
     incremental.update(second)
     full = small_model()
     full.update(torch.cat([first, second]))
-    torch.testing.assert_close(incremental.weight, full.weight, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(incremental.bias, full.bias, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(incremental.head.weight, full.head.weight, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(incremental.head.bias, full.head.bias, rtol=1e-6, atol=1e-6)
 
 
 def test_float32_fit_scores_like_the_float64_fit_and_updates_in_float32() -> None:
@@ -242,10 +229,12 @@ def test_float32_fit_scores_like_the_float64_fit_and_updates_in_float32() -> Non
     for model in (exact, fast):
         model.update(first)
         model.update(second)
-    assert fast.statistics.xtx.dtype == torch.float64
-    assert not torch.equal(fast.weight, exact.weight)
+    assert fast.head.statistics.xtx.dtype == torch.float64
+    assert not torch.equal(fast.head.weight, exact.head.weight)
     # 704 rows for 1,152 inputs: alpha fixes much of this map, which magnifies float32 rounding.
-    torch.testing.assert_close(fast.weight, exact.weight, rtol=0, atol=1e-3 * float(exact.weight.abs().max()))
+    torch.testing.assert_close(
+        fast.head.weight, exact.head.weight, rtol=0, atol=1e-3 * float(exact.head.weight.abs().max())
+    )
     test = _normal_images(3, seed=4)
     exact.eval(), fast.eval()
     torch.testing.assert_close(fast(test).anomaly_map, exact(test).anomaly_map, rtol=1e-4, atol=1e-4)
@@ -259,7 +248,7 @@ def test_update_takes_images_of_different_sizes() -> None:
     for image in images:
         reference.accumulate(image[None])
     reference.fit()
-    torch.testing.assert_close(model.weight, reference.weight)
+    torch.testing.assert_close(model.head.weight, reference.head.weight)
     assert model(torch.rand(1, 3, 80, 48)).anomaly_map.shape == (1, 1, 80, 48)
 
 
@@ -267,7 +256,7 @@ def test_update_takes_images_of_different_sizes() -> None:
 def test_dropped_statistics_block_updates(head: str) -> None:
     model = small_model(keep_statistics=False, head=head)
     model.update(_normal_images(3))
-    assert model.fit_statistics().is_empty
+    assert model.head.statistics_dropped
     with pytest.raises(RuntimeError, match="statistics were dropped"):
         model.update(_normal_images(1))
 
@@ -376,10 +365,10 @@ def test_varied_images_fit_without_a_degeneracy_warning(recwarn: pytest.Warnings
 def test_accumulated_images_count_only_once_fitted() -> None:
     model = small_model()
     model.accumulate(_normal_images(2))
-    assert model.statistics.is_empty
+    assert model.head.statistics.is_empty
     model.fit()
-    assert float(model.statistics.count) == 2 * 64
-    assert model.pending.is_empty
+    assert float(model.head.statistics.count) == 2 * 64
+    assert not model.has_pending
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from test_torch_model import _normal_images
 from torch.nn import functional as F  # noqa: N812
 
 from anomalib_featureridge import FeatureRidge
+from anomalib_featureridge.models.feature_ridge.heads.two_scale import COARSE_WEIGHT, erode
 from anomalib_featureridge.models.feature_ridge.local import LocalStatistics, local_scores, solve_local_head
-from anomalib_featureridge.models.feature_ridge.torch_model import refer_to_contrast
-from anomalib_featureridge.models.feature_ridge.two_scale import COARSE_WEIGHT, erode
+from anomalib_featureridge.models.feature_ridge.maps import refer_to_contrast
 
 IMAGE_SIZE = 64
 
@@ -63,7 +63,8 @@ def test_two_scale_scores_equal_a_reference_built_from_its_parts() -> None:
         fine, coarse = parts(test)
         expected = torch.maximum(fine, COARSE_WEIGHT * coarse)
         torch.testing.assert_close(model.patch_scores(test), expected, rtol=1e-4, atol=1e-4)
-    assert model.local_mean_x.shape[-2:] == (2 * model.coarse_mean_x.shape[-2], 2 * model.coarse_mean_x.shape[-1])
+    fine_grid, coarse_grid = model.head.fine.mean_x.shape[-2:], model.head.coarse.mean_x.shape[-2:]
+    assert fine_grid == (2 * coarse_grid[0], 2 * coarse_grid[1])
 
 
 def test_the_fit_does_not_depend_on_batches_or_their_order() -> None:
@@ -72,12 +73,12 @@ def test_the_fit_does_not_depend_on_batches_or_their_order() -> None:
     whole.update(images)
     streamed.update([images[6:], images[2:6], images[:2]])
     torch.testing.assert_close(streamed.patch_scores(test), whole.patch_scores(test), rtol=1e-4, atol=1e-4)
-    assert float(whole.coarse_positions.count) == 9
+    assert float(whole.head.coarse.positions.count) == 9
 
 
 def _with_scales(model: torch.nn.Module, scales: list[float]) -> torch.nn.Module:
     loaded = _two_scale()
-    loaded.load_state_dict({**model.state_dict(), "scales": torch.tensor(scales)})
+    loaded.load_state_dict({**model.state_dict(), "head.scales": torch.tensor(scales)})
     return loaded
 
 
@@ -87,14 +88,14 @@ def test_a_model_fitted_with_training_percentiles_scores_with_them_until_it_is_f
     test = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     model = _two_scale()
     model.update(images)
-    torch.testing.assert_close(model.scales, torch.tensor([1.0, 1.0 / COARSE_WEIGHT]), rtol=0, atol=0)
+    torch.testing.assert_close(model.head.scales, torch.tensor([1.0, 1.0 / COARSE_WEIGHT]), rtol=0, atol=0)
     fine = _with_scales(model, [1.0, 1e9]).patch_scores(test)  # distances are positive: the other scale drops out
     coarse = _with_scales(model, [1e9, 1.0]).patch_scores(test)
     old = _with_scales(model, [2.0, 1.5])
     torch.testing.assert_close(old.patch_scores(test), torch.maximum(fine / 2.0, coarse / 1.5))
     old.update(more)
     model.update(more)
-    torch.testing.assert_close(old.scales, model.scales, rtol=0, atol=0)
+    torch.testing.assert_close(old.head.scales, model.head.scales, rtol=0, atol=0)
     torch.testing.assert_close(old.patch_scores(test), model.patch_scores(test), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"two_scale head was fitted on a .* training size"):
         model(torch.rand(1, 3, 2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
@@ -103,8 +104,8 @@ def test_a_model_fitted_with_training_percentiles_scores_with_them_until_it_is_f
 def test_the_two_scale_head_round_trips_through_state_dicts_and_pickles(tmp_path: Path) -> None:
     model = _two_scale(keep_statistics=False)
     model.update(_normal_images(4, size=IMAGE_SIZE))
-    assert model.positions.is_empty
-    assert model.coarse_positions.is_empty
+    assert model.head.fine.positions.is_empty
+    assert model.head.coarse.positions.is_empty
     test = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     expected = model.patch_scores(test)
     restored = _two_scale(keep_statistics=False)
@@ -124,6 +125,6 @@ def test_an_export_leaves_both_scales_statistics_out() -> None:
     model = FeatureRidge(backbone="resnet18", layers=["layer2", "layer3"], pre_trained=False, head="two_scale")
     model.model.update(_normal_images(3, size=IMAGE_SIZE))
     with model.export_context():
-        assert model.model.positions.is_empty
-        assert model.model.coarse_positions.is_empty
-    assert not model.model.coarse_positions.is_empty
+        assert model.model.head.fine.positions.is_empty
+        assert model.model.head.coarse.positions.is_empty
+    assert not model.model.head.coarse.positions.is_empty

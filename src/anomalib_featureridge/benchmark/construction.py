@@ -32,20 +32,18 @@ class Setup:
     layers: tuple[str, ...]
     weights: Path | None
     random_init: bool
-    coreset_ratio: float
-    ridge_rank: int | None
     clip_backbone: str | None
     clip_pretrained: str | None
     batch_size: int
     warmup: int
     repeats: int
     seed: int
-    # Model-specific options (FeatureRidge's head and fit precision, SyntheticDefectMetric's) as
-    # (keyword, value) pairs, each passed to the models that take it; None keeps the model's default.
-    model_options: tuple[tuple[str, Any], ...] = ()
+    # Model-specific options as (model class name, keyword, value), each passed to that model only;
+    # None keeps the model's default.
+    model_options: tuple[tuple[str, str, Any], ...] = ()
     # Further values of options that change only how a trained model scores (SyntheticDefectMetric's
-    # scorer), as (keyword, value): each gives its own row from the same training.
-    evaluation_variants: tuple[tuple[str, Any], ...] = ()
+    # scorer), as (model class name, keyword, value): each gives its own row from the same training.
+    evaluation_variants: tuple[tuple[str, str, Any], ...] = ()
 
 
 def model_class(name: str) -> type[AnomalibModule]:
@@ -62,50 +60,29 @@ def model_class(name: str) -> type[AnomalibModule]:
         lookup_logger.setLevel(level)
 
 
-# The run's model-specific options, by the keyword a model takes them as, and their label in a row.
-SETTING_LABELS = {
-    "coreset_sampling_ratio": "coreset",
-    "rank": "rank",
-    "head": "head",
-    "pool": "pool",
-    "reference": "reference",
-    "channels": "channels",
-    "fit_precision": "fit",
-    "defect_kinds": "kinds",
-    "loss": "loss",
-    "scorer": "scorer",
-    "max_epochs": "epochs",
-    "learning_rate": "lr",
-    "anomaly_map": "map",
-    "grad_cam_layer": "map_layer",
-    "seed": "seed",
-}
-
-
 def model_settings(cls: type[AnomalibModule], setup: Setup) -> dict[str, Any]:
     """The run's model-specific options that ``cls`` accepts: passed to it, and recorded in its rows."""
-    accepted = inspect.signature(cls.__init__).parameters
-    values = {"coreset_sampling_ratio": setup.coreset_ratio, "rank": setup.ridge_rank, **dict(setup.model_options)}
-    return {key: value for key, value in values.items() if key in accepted and value is not None}
-
-
-def _label(value: Any) -> str:
-    return "+".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return {key: value for model, key, value in setup.model_options if model == cls.__name__ and value is not None}
 
 
 def settings_of(name: str, setup: Setup) -> str:
     """The model-specific settings recorded in each row (part of the row's identity for resuming)."""
     settings = model_settings(model_class(name), setup)
-    return " ".join(f"{SETTING_LABELS[key]}={_label(value)}" for key, value in settings.items())
+    from anomalib_featureridge.benchmark.measurement import settings_label
+
+    return settings_label(settings)
 
 
 def variants_of(name: str, setup: Setup) -> list[Setup]:
     """The setups of one training's rows: ``setup`` itself, then one per evaluation variant ``name`` accepts."""
-    accepted = inspect.signature(model_class(name).__init__).parameters
+    cls_name = model_class(name).__name__
     variants = [setup]
-    for key, value in setup.evaluation_variants:
-        if key in accepted:
-            options = tuple((option, value if option == key else current) for option, current in setup.model_options)
+    for model, key, value in setup.evaluation_variants:
+        if model == cls_name:
+            options = tuple(
+                (owner, option, value if (owner, option) == (model, key) else current)
+                for owner, option, current in setup.model_options
+            )
             variants.append(replace(setup, model_options=options))
     return [replace(variant, evaluation_variants=()) for variant in variants]
 

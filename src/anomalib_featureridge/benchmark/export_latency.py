@@ -69,14 +69,13 @@ def benchmark_model(
         layers=tuple(args.layers),
         weights=args.weights,
         random_init=False,
-        coreset_ratio=args.patchcore_coreset_ratio,
-        ridge_rank=None,
         clip_backbone=None,
         clip_pretrained=None,
         batch_size=16,
         warmup=0,
         repeats=0,
         seed=0,
+        model_options=(("Patchcore", "coreset_sampling_ratio", args.patchcore_coreset_ratio),),
     )
     model = build_model(name, setup, floor_channels=0)
     datamodule = MVTecAD(root=args.root, category=args.category, num_workers=2, train_batch_size=setup.batch_size)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from anomalib_featureridge.models.feature_ridge import FeatureRidgeModel
+from anomalib_featureridge.models.feature_ridge.maps import neighbourhood_features
 from anomalib_featureridge.models.feature_ridge.ridge import RidgeStatistics
-from anomalib_featureridge.models.feature_ridge.torch_model import neighbourhood_features
 
 from .harness import interleaved_medians
 
@@ -76,7 +76,7 @@ def measure_fit_cost(
     }
     images = torch.rand(batch, 3, image_size, image_size)
     runs: dict[str, Callable[[], object]] = {
-        "extract": lambda: models["float64"].backbone_maps(images),
+        "extract": lambda: models["float64"].maps(images).prepared(),
         "accumulate": lambda: models["float64"].accumulate(images),
         "accumulate_float32": lambda: models["float32"].accumulate(images),
     }

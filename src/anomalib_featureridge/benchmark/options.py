@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+from anomalib_featureridge.models.feature_ridge import options as feature_ridge_options
 
 PROG = "anomalib-featureridge benchmark"
 DESCRIPTION = (
@@ -41,41 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None, help="local timm state dict for the backbone")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke runs)")
     parser.add_argument("--patchcore-coreset-ratio", type=float, default=0.1, help="anomalib's default is 0.1")
-    parser.add_argument(
-        "--feature-ridge-rank", type=int, default=None, help="low-rank FeatureRidge head (default: full rank)"
-    )
-    parser.add_argument(
-        "--feature-ridge-head",
-        choices=["paper", "gaussian", "local", "two_scale"],
-        default=None,
-        help="FeatureRidge head (its default)",
-    )
-    parser.add_argument(
-        "--feature-ridge-pool",
-        type=int,
-        default=None,
-        help="FeatureRidge's mean over pool x pool feature positions before the head (its default: 1, none)",
-    )
-    parser.add_argument(
-        "--feature-ridge-reference",
-        choices=["none", "median", "contrast"],
-        default=None,
-        help="what FeatureRidge refers each image's feature maps to (its default: none)",
-    )
-    parser.add_argument(
-        "--feature-ridge-channels",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("SHALLOW", "DEEP"),
-        help="with the local heads: how many of each map's channels FeatureRidge keeps (its default: all)",
-    )
-    parser.add_argument(
-        "--feature-ridge-fit-precision",
-        choices=["float64", "float32"],
-        default=None,
-        help="dtype of FeatureRidge's fit products (its default: float64)",
-    )
+    ridge = parser.add_argument_group("FeatureRidge (each its model default when not given; docs/method.md)")
+    for option in feature_ridge_options.OPTIONS:
+        if option.benchmark is None:
+            continue
+        ridge.add_argument(
+            f"--feature-ridge-{option.name.replace('_', '-')}",
+            type=option.benchmark,
+            nargs=2 if option.name == "channels" else None,
+            choices=option.choices,
+            default=None,
+            metavar=("SHALLOW", "DEEP") if option.name == "channels" else None,
+            help=f"{option.help} (its default: {option.default})",
+        )
     metric = parser.add_argument_group("SyntheticDefectMetric (each its model default when not given)")
     metric.add_argument("--defect-kinds", nargs="+", default=None, help="synthetic defect classes besides good")
     metric.add_argument("--metric-loss", default=None, help="softmax, l2_softmax, arcface or adacos")
@@ -115,6 +96,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="output folder")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md and plots from the CSV")
+
+
+def model_options(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+    """FeatureRidge's options as given on the command line, as ``("FeatureRidge", keyword, value)``."""
+    given = []
+    for option in feature_ridge_options.OPTIONS:
+        if option.benchmark is not None:
+            value = getattr(args, f"feature_ridge_{option.name}")
+            given.append(("FeatureRidge", option.name, list(value) if isinstance(value, list) else value))
+    return given
 
 
 def complete(args: argparse.Namespace) -> argparse.Namespace:

@@ -12,28 +12,28 @@ again only when one of them is missing.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from anomalib_featureridge.benchmark.construction import (
     Setup,
+    build_model,
     floor_backbone,
     model_class,
     settings_of,
     variants_of,
 )
 from anomalib_featureridge.benchmark.harness import RowFailedError, describe, read_rows, row_appender, run_isolated
-from anomalib_featureridge.benchmark.measurement import FIELDS, measure
-from anomalib_featureridge.benchmark.options import complete
+from anomalib_featureridge.benchmark.measurement import FIELDS, measure, row_key
+from anomalib_featureridge.benchmark.options import complete, model_options
 from anomalib_featureridge.benchmark.report import write_report
-from anomalib_featureridge.models.feature_ridge.ridge import check_rank
 
 # What identifies a row for resuming.
-KEY = ("mode", "model", "category", "n_train", "backbone", "settings")
 
 
 # glibc settings that keep Patchcore's coreset search from growing the heap (docs/benchmarks.md).
@@ -56,11 +56,6 @@ def allocator_notice(models: list[str], platform: str, environment: dict[str, st
         "killed for memory, rerun with MALLOC_MMAP_THRESHOLD_=65536 in the environment (docs/benchmarks.md, "
         '"Patchcore\'s memory on Linux").'
     )
-
-
-def row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    """A row's identity; a full run is identified without its (measured) image count."""
-    return tuple("" if key == "n_train" and row["mode"] == "full" else str(row[key]) for key in KEY)
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
@@ -107,24 +102,24 @@ def setup_from(args: argparse.Namespace) -> Setup:
         layers=tuple(args.layers),
         weights=args.weights,
         random_init=args.random_init,
-        coreset_ratio=args.patchcore_coreset_ratio,
-        ridge_rank=args.feature_ridge_rank,
         model_options=(
-            ("head", args.feature_ridge_head),
-            ("pool", args.feature_ridge_pool),
-            ("reference", args.feature_ridge_reference),
-            ("channels", tuple(args.feature_ridge_channels) if args.feature_ridge_channels else None),
-            ("fit_precision", args.feature_ridge_fit_precision),
-            ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
-            ("loss", args.metric_loss),
-            ("scorer", scorers[0] if scorers else None),
-            ("max_epochs", args.metric_epochs),
-            ("learning_rate", args.metric_lr),
-            ("anomaly_map", args.metric_map),
-            ("grad_cam_layer", args.metric_map_layer),
-            ("seed", args.metric_seed),
+            *model_options(args),
+            ("Patchcore", "coreset_sampling_ratio", args.patchcore_coreset_ratio),
+            *(
+                ("SyntheticDefectMetric", key, value)
+                for key, value in (
+                    ("defect_kinds", tuple(args.defect_kinds) if args.defect_kinds else None),
+                    ("loss", args.metric_loss),
+                    ("scorer", scorers[0] if scorers else None),
+                    ("max_epochs", args.metric_epochs),
+                    ("learning_rate", args.metric_lr),
+                    ("anomaly_map", args.metric_map),
+                    ("grad_cam_layer", args.metric_map_layer),
+                    ("seed", args.metric_seed),
+                )
+            ),
         ),
-        evaluation_variants=tuple(("scorer", scorer) for scorer in scorers[1:]),
+        evaluation_variants=tuple(("SyntheticDefectMetric", "scorer", scorer) for scorer in scorers[1:]),
         clip_backbone=args.clip_backbone,
         clip_pretrained=args.clip_pretrained,
         batch_size=args.batch_size,
@@ -134,15 +129,21 @@ def setup_from(args: argparse.Namespace) -> Setup:
     )
 
 
+def refuse_bad_model_options(names: list[str], setup: Setup) -> None:
+    """Build each of this package's CNN models once, with random weights: a bad option stops the run before any fit."""
+    quick = replace(setup, weights=None, random_init=True)
+    for name in names:
+        if "backbone_weights" in inspect.signature(model_class(name).__init__).parameters:
+            try:
+                build_model(name, quick, floor_channels=0)
+            except ValueError as error:
+                sys.exit(f"{name}: {error}")
+
+
 def run_all(args: argparse.Namespace, setup: Setup, csv_path: Path) -> None:
     """Measure every planned row not already in the CSV, appending each as soon as it is done."""
-    floor = floor_backbone(setup)  # weights that do not fit the backbone stop the run before any fit
-    deep_channels = floor.feature_info.channels()[-1]
-    if setup.ridge_rank is not None:
-        try:
-            check_rank(setup.ridge_rank, deep_channels)
-        except ValueError:
-            sys.exit(f"--feature-ridge-rank must be between 1 and {deep_channels - 1} for {setup.layers[-1]!r}")
+    floor_backbone(setup)  # weights that do not fit the backbone stop the run before any fit
+    refuse_bad_model_options(list(args.models), setup)
     done = {row_key(row) for row in read_rows(csv_path) if not row["error"]}
     runs = [(mode, category, n, name) for mode, category, n in plan(args) for name in args.models]
     notice = allocator_notice(list(args.models), sys.platform, dict(os.environ))

@@ -18,7 +18,25 @@ Example:
     The same from the command line: ``anomalib train --model FeatureRidge --data MVTecAD``.
 """
 
-from .lightning_model import FeatureRidge
-from .torch_model import FeatureRidgeModel
+from __future__ import annotations
+
+from importlib import import_module
 
 __all__ = ["FeatureRidge", "FeatureRidgeModel"]
+# Imported on first access (PEP 562), so that the option declarations (``options.py``) and the heads'
+# names load without torch, for ``--help``.
+_HOMES = {"FeatureRidge": ".lightning_model", "FeatureRidgeModel": ".torch_model"}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

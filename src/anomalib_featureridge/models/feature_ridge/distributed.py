@@ -5,8 +5,7 @@ Each process sums the statistics of its shard (without the sampler's repeats:
 process the sums of the whole training set, so every process solves the same map as one device
 would. ``DistributedDataParallel`` refuses a module without trainable parameters, and there are
 no gradients to average anyway: the processes only need the same weights at the start
-(:func:`synchronise`) and the all-reduce at the end (:class:`AllReduce`: the neighbourhood sums of
-the paper and gaussian heads, the per-position sums of the gaussian and local heads).
+(:func:`synchronise`) and the all-reduce at the end (:class:`AllReduce`: whichever sums the head fits from).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from anomalib_featureridge.components.distributed import broadcast_from_rank_zer
 
 from .ridge import RidgeMoments
 from .sums import MapSums
-from .torch_model import POSITION_STATISTICS
 
 
 def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:
@@ -36,8 +34,9 @@ def synchronise(module: nn.Module, settings: dict[str, Any]) -> None:
             f"rank {differing[0]} has {everyone[differing[0]]}. Start every process with the same model settings."
         )
         raise ValueError(msg)
-    fitted = tuple(f"{name}." for name in ("statistics", *POSITION_STATISTICS))
-    broadcast_from_rank_zero(tensor for name, tensor in module.state_dict().items() if not name.startswith(fitted))
+    # The sums are each process's own until the fit's all-reduce; everything else is rank 0's.
+    sums = tuple(f"head.{name}." for name in module.head.committed_sums())
+    broadcast_from_rank_zero(tensor for name, tensor in module.state_dict().items() if not name.startswith(sums))
 
 
 def _agreed_shape(shape: object, mismatch: Callable[[int, object, int, object], str]) -> object:

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,8 +39,8 @@ from anomalib_featureridge.components.feature_extractor import defer_pretrained_
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from . import distributed
-from .ridge import RidgeStatistics
-from .torch_model import LOCAL_HEADS, OPTIONS_BEFORE_THEY_EXISTED, POSITION_STATISTICS, FeatureRidgeModel
+from .options import ALWAYS, BY_NAME, DEFAULTS, OPTIONS, check_options, describe, recorded_settings
+from .torch_model import FeatureRidgeModel
 
 logger = logging.getLogger(__name__)
 
@@ -49,91 +48,39 @@ __all__ = ["FeatureRidge"]
 
 
 TRAINED_WITH_KEY = "feature_ridge_trained_with"
-SCORING_SETTINGS = (
-    "backbone",
-    "layers",
-    "head",
-    "region",
-    "pool",
-    "reference",
-    "channels",
-    "rank",
-    "alpha",
-    "sigma",
-    "keep_statistics",
-)
 
 
 class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
-    """FeatureRidge: Ridge regression from a shallow to a deep CNN feature map, fitted on normal images.
+    """FeatureRidge: a shallow CNN feature map predicts a deeper one; defects are what the head finds abnormal.
 
     Whether it is fitted is the torch model's ``fitted`` buffer alone (it travels with exports);
-    anomalib's ``MemoryBankMixin`` would keep a second flag that has to be kept in step with it.
-
-    Args:
-        backbone: Any timm CNN. The default matches anomalib's Patchcore so that both compare
-            like for like; the paper used ``wide_resnet101_2``.
-        layers: ``[shallow, deep]``; the shallow map (with its 3x3 neighbours) predicts the deep one.
-        pre_trained: Use timm's ImageNet weights, downloaded as anomalib does.
-        backbone_weights: Path to a local timm state dict, for machines without network access.
-        alpha: Ridge penalty (paper: 1.0).
-        sigma: Gaussian smoothing of the anomaly map in pixels (0 = off).
-        rank: Rank of the Ridge map; ``None`` (the paper) fits the full map. A rank below the deep
-            layer's channel count makes scoring cheaper (the best map of that rank, as two
-            convolutions; measured in docs/benchmarks.md).
-        head: ``"paper"`` (default): the paper's log squared error, for images of any size.
-            ``"gaussian"`` (opt-in, ``--model.head gaussian``): the regression centred per position,
-            its residual scored by the Mahalanobis norm plus how typical the shallow features are;
-            it scores only images of the training size (docs/method.md).
-            ``"local"`` (opt-in, ``--model.head local``): a Gaussian of the shallow features per position
-            and a Ridge map from them to the deep ones per block of positions; the same limits as
-            ``"gaussian"`` (docs/method.md). A checkpoint from before this option has the paper's head.
-            ``"two_scale"`` (opt-in, ``configs/feature_ridge_two_scale.yaml``): the local head and a coarse one on
-            averaged maps, the larger of the fine score and the eroded coarse one times a fixed weight; for hard
-            textures. The same limits as ``"local"``, and updates as exact.
-        region: Side, in feature positions, of the blocks that share one map in the local heads.
-        pool: Side (odd) of the mean over neighbouring feature positions taken of both maps before the
-            head; ``1`` (default) takes none. Better on large, faint defects, worse on small ones
-            (docs/method.md).
-        reference: ``"none"`` (default), or ``"median"``: both maps (after ``pool``) minus their own
-            per-channel median over the image, so that a shift of a whole image's features (another batch
-            of material, other lighting) scores nothing; or ``"contrast"``: that, over the image's own
-            contrast, so that a whole image that varies more strongly scores nothing either; both measured
-            in docs/method.md. A checkpoint from before this option has ``"none"``.
-        keep_statistics: Keep the sufficient statistics in the checkpoint so that new normal images
-            can be added later with ``model.model.update(images)``; ``False`` gives smaller
-            checkpoints.
-        fit_precision: ``"float64"`` (default, exact) or ``"float32"``: the dtype of each batch's
-            products in the fit, always summed in float64. float32 fits faster, most on GPUs with slow
-            float64, and changes the map by float32 rounding (measured in docs/method.md).
-        channels: With ``head="local"`` or ``"two_scale"``: ``[shallow, deep]``, how many of each map's
-            channels to keep, a seeded random subset as Padim's; ``None`` (default) keeps them all. The
-            head's size falls with the square of the counts (measured in docs/method.md). A checkpoint
-            keeps its subset, and one from before this option kept every channel.
-        pre_processor, post_processor, evaluator, visualizer: As in every anomalib model.
+    anomalib's ``MemoryBankMixin`` would keep a second flag that has to be kept in step with it. Every
+    option but the four anomalib components is declared in ``options.py``, which writes the lines below.
     """
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2",
-        layers: Sequence[str] = ("layer2", "layer3"),
-        pre_trained: bool = True,
-        backbone_weights: str | Path | None = None,
-        alpha: float = 1.0,
-        sigma: float = 4.0,
-        rank: int | None = None,
-        keep_statistics: bool = True,
-        head: str = "paper",
-        region: int = 2,
-        pool: int = 1,
-        reference: str = "none",
-        fit_precision: str = "float64",
-        channels: Sequence[int] | None = None,
+        backbone: str = DEFAULTS["backbone"],
+        layers: Sequence[str] = DEFAULTS["layers"],
+        pre_trained: bool = DEFAULTS["pre_trained"],
+        backbone_weights: str | Path | None = DEFAULTS["backbone_weights"],
+        alpha: float = DEFAULTS["alpha"],
+        sigma: float = DEFAULTS["sigma"],
+        rank: int | None = DEFAULTS["rank"],
+        keep_statistics: bool = DEFAULTS["keep_statistics"],
+        head: str = DEFAULTS["head"],
+        region: int = DEFAULTS["region"],
+        pool: int = DEFAULTS["pool"],
+        reference: str = DEFAULTS["reference"],
+        fit_precision: str = DEFAULTS["fit_precision"],
+        channels: Sequence[int] | None = DEFAULTS["channels"],
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # The model's own options, as given: every keyword above but the anomalib components.
+        options = {name: value for name, value in locals().items() if name in BY_NAME}
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -142,24 +89,10 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         )
         # Pretrained weights are fetched on first use: a checkpoint loaded first brings its own.
         defer_weights = pre_trained and backbone_weights is None
-        self.model: FeatureRidgeModel = FeatureRidgeModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained and not defer_weights,
-            backbone_weights=backbone_weights,
-            alpha=alpha,
-            sigma=sigma,
-            rank=rank,
-            keep_statistics=keep_statistics,
-            head=head,
-            region=region,
-            pool=pool,
-            reference=reference,
-            fit_precision=fit_precision,
-            channels=channels,
-        )
+        options["pre_trained"] = pre_trained and not defer_weights
+        self.model: FeatureRidgeModel = FeatureRidgeModel(**options)
         if defer_weights:
-            defer_pretrained_weights(self.model.feature_extractor, backbone, layers)
+            defer_pretrained_weights(self.model.feature_extractor, self.model.backbone, self.model.layers)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> FeatureRidge:  # noqa: ANN002, ANN003
@@ -169,53 +102,51 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the scoring settings and the model class beside the hyper-parameters."""
+        """Record the settings the head's scores depend on beside the hyper-parameters."""
         super().on_save_checkpoint(checkpoint)
-        checkpoint[TRAINED_WITH_KEY] = _settings_of_head(self._scoring_settings())
+        checkpoint[TRAINED_WITH_KEY] = recorded_settings(self.model.settings)
 
     def _scoring_settings(self) -> dict[str, Any]:
-        """What the fitted tensors and the scores depend on (plus keep_statistics, which fixes the state's shape)."""
-        return {
-            "backbone": self.model.backbone,
-            "layers": list(self.model.layers),
-            "head": self.model.head,
-            "region": self.model.region,
-            "pool": self.model.pool,
-            "reference": self.model.reference,
-            "channels": self.model.channels,
-            "rank": self.model.rank,
-            "alpha": float(self.model.alpha),
-            "sigma": float(self.hparams.get("sigma", _DEFAULTS["sigma"])),
-            "keep_statistics": bool(self.model.keep_statistics),
-        }
+        """Every recorded option's value in this model (what the checkpoint rules compare)."""
+        return {option.name: self.model.settings[option.name] for option in OPTIONS if option.recorded}
 
     @staticmethod
     def _trained_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint's scoring settings; older checkpoints keep some only in the hyper-parameters."""
+        """The checkpoint's value of every recorded option; those its head does not read take their defaults.
+
+        Options added after a checkpoint was saved take the value models scored with before they existed.
+        """
         recorded = checkpoint.get(TRAINED_WITH_KEY, {})
         # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
         # the recorded ones lack predates its option and scores as models did before it.
         saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
-        trained = {
-            key: recorded.get(key, OPTIONS_BEFORE_THEY_EXISTED[key])
-            if key in OPTIONS_BEFORE_THEY_EXISTED
-            else saved.get(key, _DEFAULTS[key])
-            for key in SCORING_SETTINGS
-        }
-        trained["layers"] = list(trained["layers"])
-        trained["channels"] = None if trained["channels"] is None else [int(count) for count in trained["channels"]]
-        trained["alpha"], trained["sigma"] = float(trained["alpha"]), float(trained["sigma"])
-        return _settings_of_head(trained)
+        head = recorded.get("head", BY_NAME["head"].before_it_existed)
+        trained = {}
+        for option in OPTIONS:
+            if not option.recorded:
+                continue
+            if not option.reads(head):
+                value = option.default
+            elif option.before_it_existed is ALWAYS:
+                value = saved.get(option.name, option.default)
+            else:
+                value = recorded.get(option.name, option.before_it_existed)
+            trained[option.name] = option.validated(value)
+        return trained
 
     def adopt_checkpoint_settings(self, checkpoint: dict[str, Any], path: object) -> None:
         """Score with the checkpoint's settings, before tensors are copied (components/checkpoints.py has the rule)."""
         trained = self._trained_settings(checkpoint)
-        if settings_from_checkpoint(self._scoring_settings(), trained, _DEFAULTS, path):
+        if settings_from_checkpoint(self._scoring_settings(), trained, check_options({}), path):
             device = self.model.fitted.device
-            self.model = FeatureRidgeModel(
-                **trained, fit_precision=self.model.fit_precision, pre_trained=False, backbone_weights=None
-            ).to(device)
-            self.hparams.update({**trained, "pre_trained": False, "backbone_weights": None})
+            # Options checkpoints do not record stay this model's where the checkpoint's head reads them.
+            unrecorded = {
+                option.name: self.model.settings[option.name]
+                for option in OPTIONS
+                if not option.recorded and option.name in self.model.settings and option.reads(trained["head"])
+            }
+            self.model = FeatureRidgeModel(**trained, **unrecorded, pre_trained=False, backbone_weights=None).to(device)
+            self.hparams.update({**self.model.settings, "pre_trained": False, "backbone_weights": None})
 
     def setup(self, stage: str) -> None:
         """Refuse an empty training set before Lightning fails on it with a sampler error."""
@@ -245,7 +176,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             strategy.configure_ddp = partial(
                 distributed.synchronise,
                 self.model,
-                {"model": type(self).__name__, **self._scoring_settings()},
+                {"model": type(self).__name__, **recorded_settings(self.model.settings)},
             )
 
     def on_train_start(self) -> None:
@@ -309,7 +240,7 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
             self.model.discard_pending()
         reduce = distributed.AllReduce(self.device) if world_size() > 1 else None
         self.model.fit(reduce)
-        logger.info("Solved the %s head from %s.", self.model.head, self.model.describe_fit())
+        logger.info("Solved the %s head from %s.", self.model.settings["head"], self.model.describe_fit())
 
     def _require_fitted(self) -> None:
         if not bool(self.model.fitted):
@@ -320,16 +251,8 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def export_context(self) -> Iterator[None]:
         """Every export needs a fitted model and leaves the training-only statistics out (the live model keeps them)."""
         self._require_fitted()
-        kept = {name: getattr(self.model, name) for name in ("statistics", *POSITION_STATISTICS)}
-        self.model.statistics = RidgeStatistics().to(kept["statistics"].count.device)
-        for name in POSITION_STATISTICS:
-            if kept[name] is not None:
-                setattr(self.model, name, kept[name].empty_copy().to(kept[name].count.device))
-        try:
+        with self.model.head.without_statistics():
             yield
-        finally:
-            for name, statistics in kept.items():
-                setattr(self.model, name, statistics)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -340,13 +263,6 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
     def learning_type(self) -> LearningType:
         """Trained on normal images only."""
         return LearningType.ONE_CLASS
-
-
-def _settings_of_head(settings: dict[str, Any]) -> dict[str, Any]:
-    """The scoring settings that the head's scores depend on: only the local heads read ``region``."""
-    if settings["head"] in LOCAL_HEADS:
-        return settings
-    return {key: value for key, value in settings.items() if key != "region"}
 
 
 def _empty_train_folder_hint(datamodule: object) -> str:
@@ -367,9 +283,8 @@ def _empty_train_folder_hint(datamodule: object) -> str:
     return f"{folder} holds no .png images."
 
 
-_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(FeatureRidge.__init__).parameters.items()
-    if parameter.default is not inspect.Parameter.empty
-}
-_DEFAULTS["layers"] = list(_DEFAULTS["layers"])
+FeatureRidge.__doc__ = (
+    f"{FeatureRidge.__doc__}\n\n"
+    + describe(extra=["pre_processor, post_processor, evaluator, visualizer: As in every anomalib model."])
+    + "\n"
+)

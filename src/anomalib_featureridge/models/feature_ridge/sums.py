@@ -53,6 +53,10 @@ class FloatSums(nn.Module):
             msg = "No training features were accumulated: the training set is empty."
             raise ValueError(msg)
 
+    def empty_copy(self) -> Self:
+        """A new, empty set with this one's settings."""
+        return type(self)()
+
     def clear(self) -> None:
         """Drop the statistics (they can be large), keeping the device."""
         device = self.count.device
@@ -117,10 +121,6 @@ class MapSums(FloatSums):
         self.sum_x += x.sum(dim=0)
         self.sum_y += y.sum(dim=0)
         return x, y
-
-    def empty_copy(self) -> Self:
-        """A new, empty set with this one's settings."""
-        return type(self)()
 
     def merge(self, other: Self) -> None:
         """Add another set of statistics (another worker's, or a new fit's) to this one."""
