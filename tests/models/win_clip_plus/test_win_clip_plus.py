@@ -231,7 +231,7 @@ def test_inference_needs_no_text_tower(model: WinClipPlusModel) -> None:
 def _reproduce_tool():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "reproduce_winclip_paper.py"
+    path = Path(__file__).resolve().parents[3] / "tools" / "reproduce_winclip_paper.py"
     spec = importlib.util.spec_from_file_location("reproduce_winclip_paper", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

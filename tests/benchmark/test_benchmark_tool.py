@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from anomalib_featureridge import cli
 from anomalib_featureridge.benchmark import construction, harness, inference_scale, measurement, options, sweep
