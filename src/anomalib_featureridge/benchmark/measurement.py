@@ -14,6 +14,9 @@ What a row holds is defined here (:data:`FIELDS`), beside the code that fills it
 - peak resident memory of the process during the fit (sampled), and the CUDA peak on a GPU;
 - the size of the exported torch model (``model.to_torch``) and of its head (everything but the
   backbone's weights), which is what grows with the training set for memory-bank models.
+
+Beside the CSV, each tested row keeps its test images' raw scores and reduced maps
+(``images/<row id>.npz``, :mod:`.per_image`), taken during the same test pass, for the HTML report.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from anomalib.models.components import AnomalibModule
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.trainer.states import TrainerFn
 
-from anomalib_featureridge.benchmark.construction import Setup, build_model, floor_backbone
+from anomalib_featureridge.benchmark import per_image
+from anomalib_featureridge.benchmark.construction import Setup, build_model, floor_backbone, settings_of
 from anomalib_featureridge.benchmark.harness import PeakMemory, interleaved_medians
+from anomalib_featureridge.benchmark.recording import PerImageRecorder
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 # A row's identity: a row of the CSV with these values is measured already (a re-run resumes after it).
@@ -192,11 +197,21 @@ def exported_sizes(model: AnomalibModule, workdir: Path) -> tuple[float, float]:
     return total / 2**20, max(total - backbone_bytes, 0) / 2**20
 
 
-def _tested(engine: Engine, model: AnomalibModule, datamodule: AnomalibDataModule) -> dict[str, Any]:
-    """Test time and the metrics (a dataset without masks has no pixel metrics: those cells stay empty)."""
+def _tested(
+    engine: Engine, model: AnomalibModule, datamodule: AnomalibDataModule, recorder: PerImageRecorder, record: Path
+) -> dict[str, Any]:
+    """Test time and the metrics (a dataset without masks has no pixel metrics: those cells stay empty).
+
+    The test pass also fills ``recorder``, written to ``record`` for the HTML report; the time that
+    costs inside the test pass is in the record, so the report can state it.
+    """
+    recorder.reset()
     start = time.perf_counter()
     results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-    figures: dict[str, Any] = {"test_s": round(time.perf_counter() - start, 1)}
+    test_s = time.perf_counter() - start
+    meta = {"test_s": round(test_s, 3), "record_s": round(recorder.seconds, 4), **per_image.machine()}
+    per_image.save(record, recorder.record(meta))
+    figures: dict[str, Any] = {"test_s": round(test_s, 1)}
     return figures | {metric: round(float(results[metric]), 4) for metric in METRICS if metric in results}
 
 
@@ -259,11 +274,13 @@ def measure(
     datamodule = make_datamodule(args, category, setup.batch_size)
     n_used = restrict_training_set(datamodule, n_train, setup.seed)
     timer = FitTimer(model)
+    recorder = PerImageRecorder()
     with tempfile.TemporaryDirectory() as workdir:
         engine = Engine(
             default_root_dir=workdir,
             logger=False,
-            callbacks=[timer],
+            # The recorder comes before the model's own callbacks, so it sees scores before normalisation.
+            callbacks=[timer, recorder],
             enable_progress_bar=sys.stderr.isatty(),
             # Scaling rows need the fit only: one validation batch still runs the fit hook.
             limit_val_batches=1 if mode == "scaling" else 1.0,
@@ -284,6 +301,8 @@ def measure(
                 engine.validate(model=scored, datamodule=datamodule, verbose=False)
             row = dict(fit)
             if mode != "scaling":
-                row |= _tested(engine, scored, datamodule)
+                identity = {"mode": mode, "model": name, "category": category, "n_train": n_train}
+                identity |= {"backbone": variant.backbone, "settings": settings_of(name, variant)}
+                row |= _tested(engine, scored, datamodule, recorder, per_image.images_path(args.output, identity))
             rows.append(row | _timed_and_sized(scored, floor, datamodule, variant, Path(workdir)))
     return rows
