@@ -37,12 +37,19 @@ def point_latest(version_dir: Path) -> None:
 
 
 def discard_if_empty(run_dir: Path) -> None:
-    """Remove a run folder that holds no file (only empty sub-folders), and a ``latest`` link left dangling by it."""
+    """Remove a run folder that holds no file (only empty sub-folders); ``latest`` goes back to the last complete run.
+
+    With no earlier complete run, a ``latest`` link left dangling is removed.
+    """
     if not run_dir.is_dir() or any(path.is_file() for path in run_dir.rglob("*")):
         return
-    shutil.rmtree(run_dir)
     latest = run_dir.parent / "latest"
-    if latest.is_symlink() and not latest.exists():
+    points_here = latest.is_symlink() and latest.resolve() == run_dir.resolve()
+    complete = _complete_versions_before(run_dir) if is_version_folder(run_dir) and points_here else []
+    shutil.rmtree(run_dir)
+    if complete:
+        point_latest(complete[-1])
+    elif latest.is_symlink() and not latest.exists():
         latest.unlink()
 
 

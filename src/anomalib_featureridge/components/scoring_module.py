@@ -6,6 +6,11 @@ are left out), so a run on several devices reports the metrics one device would.
 The run checks are callbacks every model brings along: a learnt threshold that flags (nearly) every
 good validation image is reported, and a fit that stops part-way leaves its version folder marked
 incomplete, with anomalib's ``latest`` link back on the last complete run.
+
+The data checks run at two points. Those that must come before the datamodule reads its folders
+(a defect image without a mask stops anomalib's dataset builder) run in ``configure_callbacks``,
+the first model hook of Lightning's run: it comes before the datamodule's ``prepare_data`` and
+``setup``. Those that read the datasets' files (bit depth, masks) run in ``setup``, before any batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,13 +26,15 @@ from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from ..data.images import name_unreadable_files, refuse_high_bit_depth
+from ..data.masks import check_masks, refuse_defect_images_without_masks
 from .checkpoints import record_model_class, refuse_other_models_checkpoint
 from .distributed import share_output_folder, unpadded, world_size
 from .evaluator import segmentation_evaluator
-from .run_folders import IncompleteRunMarker
+from .run_folders import IncompleteRunMarker, discard_if_empty, is_version_folder
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +96,15 @@ class ScoringModelMixin:
     _seen = 0
 
     def setup(self, stage: str) -> None:
-        """Refuse 16-bit grayscale files (anomalib's reader clips them to white); name files that cannot be read.
+        """Refuse 16-bit grayscale files (anomalib's reader clips them to white) and masks that would be misread.
 
-        On several processes, every one writes into rank 0's output folder.
+        Files that cannot be read are named when a batch meets them. On several processes, every one
+        writes into rank 0's output folder.
         """
         datamodule = getattr(self._trainer, "datamodule", None)
-        refuse_high_bit_depth(getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
+        datasets = [getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data")]
+        refuse_high_bit_depth(datasets)
+        check_masks(datasets)
         name_unreadable_files(datamodule)
         super().setup(stage)
         if world_size() > 1:
@@ -124,8 +135,30 @@ class ScoringModelMixin:
         """Take the checkpoint's scoring settings before its tensors are copied; nothing to adopt by default."""
         del checkpoint, path
 
+    def check_data_before_it_is_read(self) -> None:
+        """Refuse data the datamodule would misread or fail on, before it prepares (downloads) or lists it.
+
+        The fit's version folder, which anomalib's Engine made and pointed ``latest`` at before this,
+        is still empty then: it is removed, and ``latest`` goes back to the last complete run.
+        """
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        try:
+            refuse_defect_images_without_masks(datamodule)
+        except Exception:
+            version_dir = Path(trainer.default_root_dir)
+            if trainer.state.fn == TrainerFn.FITTING and trainer.is_global_zero and is_version_folder(version_dir):
+                discard_if_empty(version_dir)
+            raise
+
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """The components' callbacks, then the run checks (after the post-processor, which sets the threshold)."""
+        """Check the data first (the earliest model hook of a run); the components' callbacks, then the run checks.
+
+        The run checks come after the post-processor, which sets the threshold they check.
+        """
+        self.check_data_before_it_is_read()
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
         return [*callbacks, ThresholdCheck(), IncompleteRunMarker()]

@@ -70,7 +70,7 @@ def unreadable_message(path: str | Path, error: BaseException, folder: str = "it
     )
 
 
-def _decoded(path: Path) -> Image.Image:
+def decoded(path: Path) -> Image.Image:
     """The opened and fully decoded file; decoding errors name the file (a missing file stays FileNotFoundError)."""
     try:
         image = Image.open(path)
@@ -90,7 +90,7 @@ def open_8_bit(path: str | Path) -> Image.Image:
     A file that cannot be decoded raises :class:`UnreadableImageError` naming it.
     """
     path = Path(path)
-    with _decoded(path) as image:
+    with decoded(path) as image:
         if image.mode in HIGH_BIT_DEPTH_MODES:
             return _scaled_to_8_bit(image, path)
         if image.mode == "F":
