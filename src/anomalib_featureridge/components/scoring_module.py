@@ -7,10 +7,12 @@ The run checks are callbacks every model brings along: a learnt threshold that f
 good validation image is reported, and a fit that stops part-way leaves its version folder marked
 incomplete, with anomalib's ``latest`` link back on the last complete run.
 
-The data checks run at two points. Those that must come before the datamodule reads its folders
-(a defect image without a mask stops anomalib's dataset builder) run in ``configure_callbacks``,
-the first model hook of Lightning's run: it comes before the datamodule's ``prepare_data`` and
-``setup``. Those that read the datasets' files (bit depth, masks) run in ``setup``, before any batch.
+The data checks run at two points. Those that must come before the datamodule prepares or reads
+its folders (a category that is not there, which ``MVTecAD.prepare_data`` would download; a defect
+image without a mask, which stops anomalib's dataset builder) run in ``configure_callbacks``, the
+first model hook of Lightning's run: it comes before the datamodule's ``prepare_data`` and ``setup``
+(the model's own ``prepare_data`` comes after the datamodule's, too late). Those that read the
+datasets' files (bit depth, masks) run in ``setup``, before any batch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from ..data.images import name_unreadable_files, refuse_high_bit_depth
 from ..data.masks import check_masks, refuse_defect_images_without_masks
+from ..data.roots import refuse_missing_mvtec_category
 from .checkpoints import record_model_class, refuse_other_models_checkpoint
 from .distributed import share_output_folder, unpadded, world_size
 from .evaluator import segmentation_evaluator
@@ -146,6 +149,7 @@ class ScoringModelMixin:
         if datamodule is None:
             return
         try:
+            refuse_missing_mvtec_category(datamodule)
             refuse_defect_images_without_masks(datamodule)
         except Exception:
             version_dir = Path(trainer.default_root_dir)
