@@ -5,8 +5,9 @@ This command adds: make-dataset (a defect dataset generated on the spot), demo (
 start on it, offline and deterministic), predict (score a folder with an exported model and write
 heatmap overlays at the original image size), to-8bit (a copy of a dataset with 16-bit images scaled
 to 8 bits, which anomalib's readers would clip), synthesize-defects (synthetic defects on your own
-good images, so that thresholds and pixel metrics have positives) and benchmark (FeatureRidge against
-anomalib's models on your images: accuracy, speed, memory and size, one resumable CSV row each).
+good images, so that thresholds and pixel metrics have positives), benchmark (FeatureRidge against
+anomalib's models on your images: accuracy, speed, memory and size, one resumable CSV row each) and
+report (a benchmark run as one static page of curves, misses, false alarms and heatmaps).
 """
 
 from __future__ import annotations
@@ -147,6 +148,18 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from anomalib_featureridge.benchmark.html_report import build
+
+    if not (args.results / "results.csv").is_file():
+        print(f"anomalib-featureridge report: no results.csv in {args.results}", file=sys.stderr)
+        return 2
+    if not 0 <= args.false_alarm_rate < 1:
+        args.parser.error(f"argument --false-alarm-rate: must lie in [0, 1), got {args.false_alarm_rate}")
+    print(f"Wrote {build(args.results, args.false_alarm_rate, args.output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (also used by the docs)."""
     parser = argparse.ArgumentParser(
@@ -230,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     benchmark_options.add_arguments(benchmark)
     benchmark.set_defaults(handler=_benchmark)
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild a benchmark run's report.html: misses, false alarms and heatmaps per model (static page)",
+        description=benchmark_options.REPORT_DESCRIPTION,
+    )
+    benchmark_options.add_report_arguments(report)
+    report.set_defaults(handler=_report, parser=report)
     return parser
 
 

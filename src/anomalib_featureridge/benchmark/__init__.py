@@ -8,7 +8,9 @@ One module per reason to change, so that a new model, a new figure or a new outp
 - :mod:`.construction`: every model built from its registered name with the run's shared settings;
 - :mod:`.measurement`: one row: fit, test, inference and size of one model on one data set;
 - :mod:`.sweep`: the rows a command asks for, checked before any fit, measured and resumed;
-- :mod:`.report`: the Markdown tables and plots rebuilt from the CSV.
+- :mod:`.report`: the Markdown tables and plots rebuilt from the CSV;
+- :mod:`.per_image` / :mod:`.recording`: each tested row's per-image scores and reduced maps, kept
+  during its test pass; :mod:`.html_report` / :mod:`.page_figures`: the static page built from them.
 
 The measurements behind the scripts in ``tools/`` (each script is its options and one call here),
 which reuse the harness and the construction above:

@@ -96,6 +96,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", type=Path, default=Path("results/benchmark"), help="output folder")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md and plots from the CSV")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html: each model's curves, misses, false alarms and heatmaps on the test images, "
+        "in one static page (docs/benchmarks.md)",
+    )
+
+
+REPORT_DESCRIPTION = (
+    "Write report.html for a finished benchmark run from its results.csv and the per-image records beside it "
+    "(images/*.npz): figures, ROC and PRO curves, score histograms with the threshold at a false-alarm rate the "
+    "page lets you choose, the misses and false alarms, a gallery of every test image under every model, "
+    "per-defect figures and costs. A static page: open it from disk. See docs/benchmarks.md."
+)
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``anomalib-featureridge report`` to ``parser``."""
+    parser.add_argument("results", type=Path, help="the benchmark's --output folder (results.csv, images/)")
+    parser.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=0.05,
+        help="the rate the page opens with (changeable there, or with ?far=0.1 in its address; default: 0.05)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="the page (default: RESULTS/report.html)")
 
 
 def model_options(args: argparse.Namespace) -> list[tuple[str, str, Any]]:

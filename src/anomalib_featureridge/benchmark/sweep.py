@@ -4,7 +4,8 @@ Modes: ``full`` (every training image), ``scaling`` (fit only, on N random train
 time, memory and size growth) and ``few-shot`` (K random training images, full evaluation). Each
 row is measured in a fresh process unless ``--in-process``, appended to ``results.csv`` as soon as
 it is measured, and skipped on a re-run when it is already there without an error; ``results.md``
-and the plots are rebuilt from the whole CSV at the end (or alone with ``--report-only``). Rows that
+and the plots are rebuilt from the whole CSV at the end (or alone with ``--report-only``), and with
+``--report`` the HTML report from the per-image records kept beside it. Rows that
 differ only in an evaluation option (several ``--metric-scorer``) come from one training; it runs
 again only when one of them is missing.
 """
@@ -195,3 +196,7 @@ def run(args: argparse.Namespace) -> None:
         run_all(args, setup_from(args), csv_path)
     write_report(read_rows(csv_path), args.output)
     print(f"[benchmark] wrote {csv_path}, {args.output / 'results.md'} and plots", flush=True)
+    if args.report:
+        from anomalib_featureridge.benchmark.html_report import build
+
+        print(f"[benchmark] wrote {build(args.output)}", flush=True)
