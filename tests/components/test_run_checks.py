@@ -2,6 +2,8 @@
 
 import logging
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +12,7 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from conftest import SMALL_BACKBONE, SMALL_LAYERS
+from lightning.pytorch import Callback
 
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.components.run_folders import INCOMPLETE_MARKER, IncompleteRunMarker
@@ -73,6 +76,61 @@ def test_an_interrupted_first_fit_is_marked_and_keeps_latest(dataset: Path, tmp_
         _fit(dataset, tmp_path / "results")
     assert "stopped before its fit completed (OSError" in (runs / "v0" / INCOMPLETE_MARKER).read_text()
     assert (runs / "latest").resolve() == (runs / "v0").resolve()
+
+
+class CtrlCInTest(Callback):
+    """Ctrl-C as the first test batch starts."""
+
+    def on_test_batch_start(self, *args: object) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def sigint() -> Iterator[None]:
+    """Lightning ignores SIGINT from a Ctrl-C on (to shut down in peace): give the test process its handler back."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+def _engine(results: Path, *callbacks: Callback) -> Engine:
+    return Engine(
+        default_root_dir=results, logger=False, enable_progress_bar=False, accelerator="cpu", callbacks=list(callbacks)
+    )
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=8, num_workers=0)
+
+
+@pytest.mark.usefixtures("sigint")
+def test_ctrl_c_in_the_test_of_a_train_marks_the_run_and_latest_goes_back(dataset: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    runs = results / "FeatureRidge" / "MVTecAD" / "synthetic"
+    _fit(dataset, results)
+    with pytest.raises(SystemExit):  # Lightning's answer to Ctrl-C
+        _engine(results, CtrlCInTest()).train(model=_model(), datamodule=_datamodule(dataset))
+    marker = (runs / "v1" / INCOMPLETE_MARKER).read_text()
+    assert "stopped before its test completed (KeyboardInterrupt: Ctrl-C)" in marker
+    assert (runs / "latest").resolve() == (runs / "v0").resolve()
+
+
+@pytest.mark.usefixtures("sigint")
+def test_ctrl_c_in_anomalib_test_marks_the_results_partial_until_a_test_completes(
+    dataset: Path, tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    runs = results / "FeatureRidge" / "MVTecAD" / "synthetic"
+    _fit(dataset, results)
+    checkpoint = next((runs / "v0").rglob("*.ckpt"))
+    with pytest.raises(SystemExit):
+        _engine(results, CtrlCInTest()).test(model=_model(), datamodule=_datamodule(dataset), ckpt_path=checkpoint)
+    marker = (runs / "v0" / INCOMPLETE_MARKER).read_text()
+    assert "test stopped before it completed (KeyboardInterrupt: Ctrl-C)" in marker
+    assert "checkpoint is complete" in marker
+    assert (runs / "latest").resolve() == (runs / "v0").resolve(), "anomalib's test writes where latest points"
+    _engine(results).test(model=_model(), datamodule=_datamodule(dataset), ckpt_path=checkpoint)
+    assert not (runs / "v0" / INCOMPLETE_MARKER).exists()
 
 
 def _validate(check: ThresholdCheck, threshold: float, good_scores: list[float]) -> None:

@@ -1,8 +1,10 @@
 """anomalib's versioned run folders (``vN`` beside a ``latest`` link): the one place this package changes them.
 
 anomalib's Engine makes ``vN`` and points ``latest`` at it when a fit starts, so ``latest`` leads to
-whatever the run left, finished or not. Here an interrupted fit marks its folder, and ``latest``
-is re-pointed in one way (also by the distributed fit, which shares rank 0's folder).
+whatever the run left, finished or not. Here an interrupted fit (or the test ``anomalib train`` runs
+after it) marks its folder and ``latest`` goes back; an interrupted ``anomalib test``, which writes
+into ``latest``'s folder, marks its results partial until a test completes. ``latest`` is re-pointed
+in one way (also by the distributed fit, which shares rank 0's folder).
 """
 
 from __future__ import annotations
@@ -64,17 +66,31 @@ def _complete_versions_before(version_dir: Path) -> list[Path]:
     return [path for index, path in sorted(older) if index < number and not (path / INCOMPLETE_MARKER).exists()]
 
 
-def mark_incomplete_run(version_dir: Path, reason: BaseException) -> None:
-    """Mark an interrupted fit's version folder and point ``latest`` back to the last complete run.
+def _described(reason: BaseException) -> str:
+    if isinstance(reason, KeyboardInterrupt):
+        return "KeyboardInterrupt: Ctrl-C"
+    return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+
+
+_PARTIAL_TEST = "This run's test stopped before it completed"
+
+
+def mark_incomplete_run(version_dir: Path, reason: BaseException, stage: str = "fit") -> None:
+    """Mark an interrupted run's version folder and point ``latest`` back to the last complete run.
 
     anomalib's Engine makes a ``vN`` folder and points ``latest`` at it before the fit starts, so after an
-    interrupted fit ``latest`` leads to partial results. The folder is kept (it may hold checkpoints) and
-    marked; ``latest`` moves back only when an earlier complete run exists (with none it stays: anomalib
-    recreates a link, not a folder, named ``latest``).
+    interrupted fit (or the test ``anomalib train`` runs after it) ``latest`` leads to partial results. The
+    folder is kept (it may hold checkpoints) and marked; ``latest`` moves back only when an earlier complete
+    run exists (with none it stays: anomalib recreates a link, not a folder, named ``latest``).
     """
+    checkpoints = (
+        "Its checkpoints, if any, are partial."
+        if stage == "fit"
+        else "Its checkpoint is complete, but its test images and metrics are partial."
+    )
     (version_dir / INCOMPLETE_MARKER).write_text(
-        f"This run stopped before its fit completed ({type(reason).__name__}: {reason}).\n"
-        "Its checkpoints, if any, are partial. Rerun the training; this folder can be deleted.\n"
+        f"This run stopped before its {stage} completed ({_described(reason)}).\n"
+        f"{checkpoints} Rerun the training; this folder can be deleted.\n"
     )
     latest = version_dir.parent / "latest"
     moved = ""
@@ -84,7 +100,8 @@ def mark_incomplete_run(version_dir: Path, reason: BaseException) -> None:
             point_latest(complete[-1])
             moved = f"; `latest` points to {complete[-1].name} again, the last complete run"
     logger.warning(
-        "The fit stopped before it completed (%s): %s is incomplete (marked with %s)%s.",
+        "The %s stopped before it completed (%s): %s is incomplete (marked with %s)%s.",
+        stage,
         type(reason).__name__,
         version_dir,
         INCOMPLETE_MARKER,
@@ -92,12 +109,59 @@ def mark_incomplete_run(version_dir: Path, reason: BaseException) -> None:
     )
 
 
+def mark_partial_test(version_dir: Path, reason: BaseException) -> None:
+    """Mark a folder whose test (``anomalib test``, after a complete fit) stopped part-way; ``latest`` stays.
+
+    anomalib's test writes into the folder ``latest`` points to, whatever checkpoint it scores: moving
+    ``latest`` away would send the rerun's images into another run's folder. The fit's checkpoint is
+    complete, so the marker says what is partial, and a test that completes here removes it.
+    """
+    if (version_dir / INCOMPLETE_MARKER).exists() and not is_partial_test_marker(version_dir):
+        return  # the fit itself is incomplete: that marker says more
+    (version_dir / INCOMPLETE_MARKER).write_text(
+        f"{_PARTIAL_TEST} ({_described(reason)}).\n"
+        "The fit's checkpoint is complete, but the test images and metrics here are partial. Run `anomalib test` "
+        "again: a test that completes removes this file.\n"
+    )
+    logger.warning(
+        "The test stopped before it completed (%s): its images and metrics in %s are partial (marked with %s).",
+        type(reason).__name__,
+        version_dir,
+        INCOMPLETE_MARKER,
+    )
+
+
+def is_partial_test_marker(version_dir: Path) -> bool:
+    """Whether the folder's marker was left by a stopped test alone (the fit before it completed)."""
+    marker = version_dir / INCOMPLETE_MARKER
+    return marker.is_file() and marker.read_text().startswith(_PARTIAL_TEST)
+
+
 class IncompleteRunMarker(Callback):
-    """On an exception or Ctrl-C during a fit, mark the run folder incomplete (see :func:`mark_incomplete_run`)."""
+    """On an exception or Ctrl-C during a fit or a test, mark the version folder (see :func:`mark_incomplete_run`)."""
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Only fits write a version folder that later commands follow through ``latest``."""
+        """Fits and tests write into a version folder that later commands follow through ``latest``.
+
+        A test on the trainer that has just fitted (``anomalib train``) is part of that run; a test alone
+        (``anomalib test``) leaves the fit's folder complete but its test results partial. ``predict`` and
+        ``export`` make no run folder (they write into ``latest``'s): they are not marked.
+        """
         del pl_module
         version_dir = Path(trainer.default_root_dir)
-        if trainer.state.fn == TrainerFn.FITTING and trainer.is_global_zero and is_version_folder(version_dir):
+        if not (trainer.is_global_zero and is_version_folder(version_dir)):
+            return
+        if trainer.state.fn == TrainerFn.FITTING:
             mark_incomplete_run(version_dir, exception)
+        elif trainer.state.fn == TrainerFn.TESTING:
+            if trainer.fit_loop.epoch_progress.current.completed > 0:
+                mark_incomplete_run(version_dir, exception, stage="test")
+            else:
+                mark_partial_test(version_dir, exception)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A test that completes replaces the partial results a stopped one left: its marker goes."""
+        del pl_module
+        version_dir = Path(trainer.default_root_dir)
+        if trainer.is_global_zero and is_partial_test_marker(version_dir):
+            (version_dir / INCOMPLETE_MARKER).unlink()
