@@ -4,13 +4,23 @@ anomalib's CLI builds the model named by ``--model`` and then loads ``--ckpt_pat
 nothing in the checkpoint says which class wrote it. Without this check a WinClipPlus checkpoint
 given to FeatureRidge is described with FeatureRidge's settings, which sends the user looking in
 the wrong place.
+
+A checkpoint cut short (an interrupted copy, a full disk) fails in torch with "checkpoint file is
+corrupted" or a bare ``OSError``, naming no file: both ways a checkpoint is loaded here (a model's
+``load_from_checkpoint``, and Lightning's ``--ckpt_path``, through its strategy's ``CheckpointIO``)
+name the file and the way out instead.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lightning.fabric.plugins import CheckpointIO
 
 if TYPE_CHECKING:
     from anomalib.models.components import AnomalibModule
@@ -18,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODEL_CLASS_KEY = "anomalib_featureridge_model_class"
+_Loaded = TypeVar("_Loaded")
 
 
 def record_model_class(checkpoint: dict[str, Any], model: AnomalibModule) -> None:
@@ -88,3 +99,72 @@ def settings_from_checkpoint(
     if adopted:
         logger.info("Settings from the checkpoint: %s.", _describe(adopted))
     return adopted
+
+
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint file that is incomplete or damaged: the message names it and the way out."""
+
+
+def is_damaged_checkpoint(path: object) -> bool:
+    """Whether a local checkpoint file is not a whole zip archive (torch saves checkpoints as zip archives).
+
+    Asked only after a load failed, so that other failures (a missing file, an unpickling rule) keep their message.
+    """
+    if not isinstance(path, str | Path) or not Path(path).is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is not None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return True
+
+
+def loaded_naming_damage(load: Callable[..., _Loaded], path: object, *args: Any, **kwargs: Any) -> _Loaded:
+    """``load(path, ...)``; a failure on a damaged file is raised again naming it and the way out."""
+    try:
+        return load(path, *args, **kwargs)
+    except Exception as error:
+        if not is_damaged_checkpoint(path):
+            raise
+        cause = str(error).split(". ")[0] or type(error).__name__
+        msg = (
+            f"The checkpoint {path} is incomplete or damaged ({cause}): it was probably cut short while it was "
+            f"written or copied. Copy it again from where it was made, or train again to make a new one."
+        )
+        raise DamagedCheckpointError(msg) from error
+
+
+class NamingDamagedCheckpoints(CheckpointIO):
+    """A strategy's ``CheckpointIO`` whose loads name a damaged checkpoint file (``--ckpt_path``); all else passes."""
+
+    def __init__(self, wrapped: CheckpointIO) -> None:
+        self.wrapped = wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "wrapped":
+            raise AttributeError(name)
+        return getattr(self.wrapped, name)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        """Saved by the wrapped ``CheckpointIO``."""
+        self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Loaded by the wrapped ``CheckpointIO``; a damaged file is named."""
+        return loaded_naming_damage(
+            self.wrapped.load_checkpoint, path, map_location=map_location, weights_only=weights_only
+        )
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Removed by the wrapped ``CheckpointIO``."""
+        self.wrapped.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        """Torn down by the wrapped ``CheckpointIO``."""
+        self.wrapped.teardown()
+
+
+def name_damaged_checkpoints(strategy: Any) -> None:
+    """Make the strategy's checkpoint loads (Lightning's ``ckpt_path``) name a damaged file; once per strategy."""
+    if strategy is not None and not isinstance(strategy.checkpoint_io, NamingDamagedCheckpoints):
+        strategy.checkpoint_io = NamingDamagedCheckpoints(strategy.checkpoint_io)

@@ -34,7 +34,12 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from ..data.images import name_unreadable_files, refuse_high_bit_depth
 from ..data.masks import check_masks, refuse_defect_images_without_masks
 from ..data.roots import refuse_missing_mvtec_category
-from .checkpoints import record_model_class, refuse_other_models_checkpoint
+from .checkpoints import (
+    loaded_naming_damage,
+    name_damaged_checkpoints,
+    record_model_class,
+    refuse_other_models_checkpoint,
+)
 from .distributed import share_output_folder, unpadded, world_size
 from .evaluator import segmentation_evaluator
 from .run_folders import IncompleteRunMarker, discard_if_empty, is_version_folder
@@ -101,9 +106,10 @@ class ScoringModelMixin:
     def setup(self, stage: str) -> None:
         """Refuse 16-bit grayscale files (anomalib's reader clips them to white) and masks that would be misread.
 
-        Files that cannot be read are named when a batch meets them. On several processes, every one
-        writes into rank 0's output folder.
+        Files that cannot be read are named when a batch meets them, and a damaged ``ckpt_path`` when
+        Lightning loads it (after this hook). On several processes, every one writes into rank 0's output folder.
         """
+        name_damaged_checkpoints(getattr(self._trainer, "strategy", None))
         datamodule = getattr(self._trainer, "datamodule", None)
         datasets = [getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data")]
         refuse_high_bit_depth(datasets)
@@ -112,6 +118,11 @@ class ScoringModelMixin:
         super().setup(stage)
         if world_size() > 1:
             share_output_folder(self.trainer)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Load as anomalib does; a checkpoint file cut short is named, with the way out (torch's names none)."""
+        return loaded_naming_damage(super().load_from_checkpoint, checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record which model class wrote the checkpoint, so that another model refuses it by name."""
