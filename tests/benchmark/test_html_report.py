@@ -203,6 +203,14 @@ def test_the_page_in_a_browser_follows_the_chosen_rate(tiny_run, tmp_path):
     assert any(s[worst] <= t for s, t in zip(scores, thresholds, strict=True)), "the first card is a miss"
     assert "verdict miss;" in page.cards[0]["figures"], "and marked as one"
 
+    # the address also picks the model the gallery follows and the defect type it shows
+    result = in_browser(page_path, f"far={rate}&sort=1&defect=hole", tmp_path, "--dump-dom")
+    page = parse(result.stdout)
+    order = [int(card["data-index"]) for card in page.cards]
+    assert order == page_figures.gallery_order(scores, labels, thresholds, selected=1)
+    shown = [card["data-defect"] for card in page.cards if "hidden" not in card]
+    assert shown == ["hole", "hole"]
+
     screenshot = tmp_path / "report.png"
     in_browser(page_path, f"far={rate}", tmp_path, f"--screenshot={screenshot}")
     assert screenshot.stat().st_size > 10_000

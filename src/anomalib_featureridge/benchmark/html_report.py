@@ -7,7 +7,8 @@ cost charts are embedded PNGs, the histograms inline SVG, and the pictures (each
 its ground-truth outline, and each model's heatmap over it on one colour scale per model) JPEG
 files in ``report_files/`` beside it. A little JavaScript (``report_page.js``) moves the thresholds
 when the false-alarm rate changes (also ``?far=0.1`` in the URL), and with them the miss and
-false-alarm counts, the recall per defect type and the gallery's order.
+false-alarm counts, the recall per defect type and the gallery's order (``&sort=0&defect=scratch``
+in the URL sort by the first model and show one defect type).
 """
 
 from __future__ import annotations

@@ -131,7 +131,17 @@ function openViewer(card) {
   document.getElementById("viewer").hidden = false;
 }
 
+// A shared address can carry the view too: ?far=0.1&sort=0&defect=scratch (sort: a model's index).
+function applyAddress() {
+  const query = new URLSearchParams(window.location.search);
+  document.querySelectorAll("select.sort, select.filter").forEach((select) => {
+    const wanted = query.get(select.classList.contains("sort") ? "sort" : "defect");
+    if (wanted !== null && [...select.options].some((option) => option.value === wanted)) select.value = wanted;
+  });
+}
+
 let current = readRate();
+applyAddress();
 update(current);
 ["rate", "rate-slider"].forEach((id) => {
   document.getElementById(id).addEventListener("input", (event) => {
