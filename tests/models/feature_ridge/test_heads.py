@@ -141,3 +141,31 @@ def test_the_onnx_export_scores_as_torch(head: str, tmp_path: Path) -> None:
     expected = model.model(TEST)
     assert abs(outputs["anomaly_map"] - expected.anomaly_map.numpy()).max() <= 1e-4
     assert abs(outputs["pred_score"] - expected.pred_score.numpy()).max() <= 1e-4
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_an_image_with_non_finite_pixels_scores_inf_in_torch_onnx_and_openvino(bad: float, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FeatureRidge(**TINY, head="paper", pre_processor=False, visualizer=False)
+    model.model.update(_images(3, seed=1))
+    model.eval()
+    images = TEST.clone()
+    images[1, 0, 4, 7] = bad
+    with pytest.warns(UserWarning, match="1 of 2 images have NaN or infinite pixels"):
+        output = model.model(images)
+    assert torch.isfinite(output.pred_score[0])
+    assert output.pred_score[1] == float("inf")
+    path = model.to_onnx(tmp_path, input_size=(SIZE, SIZE))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    scores = dict(zip(names, session.run(None, {"input": images.numpy()}), strict=True))["pred_score"]
+    assert scores[1] == float("inf")
+    assert abs(scores[0] - float(output.pred_score[0])) <= 1e-4
+    import openvino
+
+    xml = model.to_openvino(tmp_path / "openvino", input_size=(SIZE, SIZE))
+    compiled = openvino.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    results = compiled(images.numpy())
+    scores = next(value for key, value in results.items() if "pred_score" in key.names)
+    assert scores[1] == float("inf")
+    assert abs(scores[0] - float(output.pred_score[0])) <= 1e-4

@@ -10,6 +10,8 @@ in its own file, and each option is declared once (``options.py``).
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -212,7 +214,11 @@ class FeatureRidgeModel(nn.Module):
         return self.head.scores(self.maps(images))
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Score a batch: pixel map resized to the input, image score = its maximum."""
+        """Score a batch: pixel map resized to the input, image score = its maximum.
+
+        An image with a NaN or infinite pixel (a camera or pipeline fault) scores +inf everywhere, in every
+        export too, so that it can never pass as a normal part; eagerly, a warning says how many there were.
+        """
         if not is_exporting() and not bool(self.fitted):
             msg = "FeatureRidge has not been fitted: train it on normal images first (anomalib train / engine.fit)."
             raise RuntimeError(msg)
@@ -221,6 +227,15 @@ class FeatureRidgeModel(nn.Module):
             anomaly_map = F.interpolate(patch_scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
         else:
             anomaly_map = self.blur(patch_scores, images.shape[-2:])
+        finite = torch.isfinite(images).flatten(1).all(dim=1)
+        anomaly_map = torch.where(finite[:, None, None, None], anomaly_map, torch.full_like(anomaly_map, math.inf))
+        if not is_exporting() and not bool(finite.all()):
+            warnings.warn(
+                f"{int((~finite).sum())} of {len(finite)} images have NaN or infinite pixels: they score +inf "
+                "(anomalous). Check the camera and the pre-processing.",
+                UserWarning,
+                stacklevel=2,
+            )
         pred_score = torch.amax(anomaly_map, dim=(-3, -2, -1))
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
