@@ -44,15 +44,19 @@ def dense_accumulate(model: FeatureRidgeModel, images: torch.Tensor, statistics:
 
 
 def map_difference(model: FeatureRidgeModel, batches: list[torch.Tensor]) -> float:
-    """Max |W - W_dense| / max |W_dense| of the maps fitted on ``batches`` by ``model`` and by the dense rows."""
+    """Max |W - W_dense| / max |W_dense| of the maps fitted on ``batches`` by ``model`` and by the dense rows.
+
+    ``model`` (a paper head's) is fitted on ``batches`` here: it is a measuring model, not kept.
+    """
     reference = RidgeStatistics()
     model.discard_pending()
     for images in batches:
         dense_accumulate(model, images, reference)
         model.accumulate(images)
-    weight, _ = reference.solve(model.alpha)
-    fast, _ = model.statistics.combined_with(model.pending.moments()).solve(model.alpha)
-    model.discard_pending()
+    model.fit()
+    alpha = model.settings["alpha"]
+    weight, _ = reference.solve(alpha)
+    fast, _ = model.head.statistics.solve(alpha)
     return float((fast - weight).abs().max() / weight.abs().max())
 
 

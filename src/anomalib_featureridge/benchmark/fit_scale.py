@@ -63,11 +63,11 @@ def fit_row(root: Path, devices: int, args: argparse.Namespace, statistics_file:
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     seconds = time.perf_counter() - start
-    torch.save(model.model.statistics.state_dict(), statistics_file)
+    torch.save(model.model.head.statistics.state_dict(), statistics_file)
     peak_kib = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     )
-    return {"seconds": seconds, "peak_mib": peak_kib / 1024, "count": float(model.model.statistics.count)}
+    return {"seconds": seconds, "peak_mib": peak_kib / 1024, "count": float(model.model.head.statistics.count)}
 
 
 def statistics_difference(reference_file: Path, other_file: Path) -> float:

@@ -38,6 +38,8 @@ def _real(name: str, value: object, *, positive: bool, rule: str) -> float:
 
 
 def _flag(name: str, value: object) -> bool:
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
     if not isinstance(value, bool):
         msg = f"{name} must be true or false, got {value!r}."
         raise ValueError(msg)
