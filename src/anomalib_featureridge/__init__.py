@@ -8,7 +8,7 @@ data helpers start without importing anomalib and torch.
 
 from __future__ import annotations
 
-from importlib import import_module
+from anomalib_featureridge.lazy import lazy_exports
 
 __all__ = [
     "FeatureRidge",
@@ -31,16 +31,4 @@ _HOMES = {
     "NormalQuantilePostProcessor": ".thresholds",
 }
 
-
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -6,7 +6,7 @@ declarations) then load without importing torch and every other model.
 
 from __future__ import annotations
 
-from importlib import import_module
+from anomalib_featureridge.lazy import lazy_exports
 
 __all__ = [
     "FeatureRidge",
@@ -25,16 +25,4 @@ _HOMES = {
     "WinClipPlusModel": ".win_clip_plus",
 }
 
-
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

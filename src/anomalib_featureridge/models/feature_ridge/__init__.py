@@ -20,23 +20,11 @@ Example:
 
 from __future__ import annotations
 
-from importlib import import_module
+from anomalib_featureridge.lazy import lazy_exports
 
 __all__ = ["FeatureRidge", "FeatureRidgeModel"]
 # Imported on first access (PEP 562), so that the option declarations (``options.py``) and the heads'
 # names load without torch, for ``--help``.
 _HOMES = {"FeatureRidge": ".lightning_model", "FeatureRidgeModel": ".torch_model"}
 
-
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
