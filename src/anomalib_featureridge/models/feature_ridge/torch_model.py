@@ -29,7 +29,7 @@ from .channels import channel_subsets
 from .heads import head_class
 from .heads.base import Reduction
 from .maps import FeatureMaps
-from .options import DEFAULTS, check_options, describe
+from .options import BY_NAME, DEFAULTS, check_options, describe
 from .ridge import refuse_non_finite
 
 
@@ -54,24 +54,8 @@ class FeatureRidgeModel(nn.Module):
         channels: Sequence[int] | None = DEFAULTS["channels"],
     ) -> None:
         super().__init__()
-        settings = check_options(
-            {
-                "backbone": backbone,
-                "layers": layers,
-                "pre_trained": pre_trained,
-                "backbone_weights": backbone_weights,
-                "alpha": alpha,
-                "sigma": sigma,
-                "rank": rank,
-                "keep_statistics": keep_statistics,
-                "head": head,
-                "region": region,
-                "pool": pool,
-                "reference": reference,
-                "fit_precision": fit_precision,
-                "channels": channels,
-            }
-        )
+        # Every keyword above is a declared option (options.py): checked there, defaults filled in.
+        settings = check_options({name: value for name, value in locals().items() if name in BY_NAME})
         # The checked options, minus how the backbone's weights were found (the state carries them).
         self.settings = {k: v for k, v in settings.items() if k not in ("pre_trained", "backbone_weights")}
         self.feature_extractor = create_feature_extractor(
