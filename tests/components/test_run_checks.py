@@ -3,6 +3,7 @@
 import logging
 import shutil
 import signal
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ from lightning.pytorch import Callback
 
 from anomalib_featureridge import FeatureRidge
 from anomalib_featureridge.components.run_folders import INCOMPLETE_MARKER, IncompleteRunMarker
-from anomalib_featureridge.components.scoring_module import ThresholdCheck
+from anomalib_featureridge.components.scoring_module import ConstantImagesCheck, ThresholdCheck
 
 
 def _model() -> FeatureRidge:
@@ -174,3 +175,19 @@ def test_the_dataset_wrapper_passes_attribute_writes_through(synthetic_root: Pat
     wrapped.augmentations = marker
     assert dataset.augmentations is marker
     assert wrapped.augmentations is marker
+
+
+def test_constant_training_images_are_reported_once_with_their_count() -> None:
+    check = ConstantImagesCheck()
+    check.on_train_epoch_start(None, None)
+    varied = torch.rand(3, 3, 16, 16)
+    blank = torch.full((2, 3, 16, 16), -1.8) + 1e-4 * torch.rand(2, 3, 16, 16)
+    check.on_train_batch_start(None, None, SimpleNamespace(image=torch.cat([varied, blank])), 0)
+    check.on_train_batch_start(None, None, SimpleNamespace(image=varied), 1)
+    with pytest.warns(UserWarning, match="2 of the 8 training images are constant or nearly so"):
+        check.on_train_epoch_end(None, None)
+    check.on_train_epoch_start(None, None)
+    check.on_train_batch_start(None, None, SimpleNamespace(image=varied), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check.on_train_epoch_end(None, None)

@@ -18,6 +18,7 @@ datasets' files (bit depth, masks) run in ``setup``, before any batch.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -92,6 +93,43 @@ class ThresholdCheck(Callback):
                 flagged,
                 good.numel(),
             )
+
+
+# A training image whose pixels vary less than this (standard deviation, in the pre-processor's normalised
+# units: about half a grey level of 255) is a blank frame, not a part.
+CONSTANT_IMAGE_SPREAD = 0.01
+
+
+class ConstantImagesCheck(Callback):
+    """Warn once per fit when training images are constant or nearly so (a dead camera, blank frames).
+
+    Such images teach a one-class model nothing about the part, and a set made of them trains a model that
+    flags every real part; nothing else would say so. Counted on the batches as they arrive: no extra pass.
+    """
+
+    def __init__(self) -> None:
+        self.constant = 0
+        self.seen = 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.constant = self.seen = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        images = getattr(batch, "image", None)
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            spread = images.detach().flatten(1).float().std(dim=1)
+            self.constant += int((spread < CONSTANT_IMAGE_SPREAD).sum())
+            self.seen += images.shape[0]
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.constant:
+            msg = (
+                f"{self.constant} of the {self.seen} training images are constant or nearly so (pixel standard "
+                f"deviation below {CONSTANT_IMAGE_SPREAD} after normalisation): blank frames or a dead camera? They "
+                "teach the model nothing about the part; remove them from the training folder."
+            )
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            logger.warning(msg)
 
 
 class ScoringModelMixin:
@@ -176,7 +214,7 @@ class ScoringModelMixin:
         self.check_data_before_it_is_read()
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, ThresholdCheck(), IncompleteRunMarker()]
+        return [*callbacks, ThresholdCheck(), IncompleteRunMarker(), ConstantImagesCheck()]
 
     @staticmethod
     def configure_optimizers() -> None:
