@@ -20,6 +20,7 @@ from anomalib.models import UnknownModelError, list_models
 from anomalib.models import _get_model_class_by_name as registered_class
 from anomalib.models.components import AnomalibModule
 
+from anomalib_featureridge.benchmark.rows import settings_label
 from anomalib_featureridge.components.evaluator import segmentation_evaluator
 from anomalib_featureridge.components.feature_extractor import create_feature_extractor, load_backbone_weights
 
@@ -68,8 +69,6 @@ def model_settings(cls: type[AnomalibModule], setup: Setup) -> dict[str, Any]:
 def settings_of(name: str, setup: Setup) -> str:
     """The model-specific settings recorded in each row (part of the row's identity for resuming)."""
     settings = model_settings(model_class(name), setup)
-    from anomalib_featureridge.benchmark.measurement import settings_label
-
     return settings_label(settings)
 
 

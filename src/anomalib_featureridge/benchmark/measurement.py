@@ -41,10 +41,9 @@ from anomalib_featureridge.benchmark import per_image
 from anomalib_featureridge.benchmark.construction import Setup, build_model, floor_backbone, settings_of
 from anomalib_featureridge.benchmark.harness import PeakMemory, interleaved_medians
 from anomalib_featureridge.benchmark.recording import PerImageRecorder
+from anomalib_featureridge.benchmark.rows import KEY
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
-# A row's identity: a row of the CSV with these values is measured already (a re-run resumes after it).
-KEY = ("mode", "model", "category", "n_train", "backbone", "settings")
 FIELDS = (
     *KEY,
     *METRICS,
@@ -59,32 +58,7 @@ FIELDS = (
     "device",
     "error",
 )
-# How a model option is named in ``settings``, where it differs from its keyword (rows of earlier runs
-# carry these names, so they still resume).
-SETTING_LABELS = {
-    "coreset_sampling_ratio": "coreset",
-    "fit_precision": "fit",
-    "defect_kinds": "kinds",
-    "max_epochs": "epochs",
-    "learning_rate": "lr",
-    "anomaly_map": "map",
-    "grad_cam_layer": "map_layer",
-}
 TIMING_BATCH = 32
-
-
-def settings_label(settings: dict[str, Any]) -> str:
-    """A model's options as its rows record them, ``name=value`` (lists joined by ``+``)."""
-
-    def label(value: Any) -> str:
-        return "+".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-
-    return " ".join(f"{SETTING_LABELS.get(key, key)}={label(value)}" for key, value in settings.items())
-
-
-def row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    """A row's identity; a full run is identified without its (measured) image count."""
-    return tuple("" if key == "n_train" and row["mode"] == "full" else str(row[key]) for key in KEY)
 
 
 class FitTimer(Callback):

@@ -29,7 +29,7 @@ IMAGES_DIR = "images"
 def row_id(identity: dict[str, Any]) -> str:
     """A file name for a row: readable (mode, model, category, size) and unique (a hash of its key).
 
-    Built from :func:`~anomalib_featureridge.benchmark.measurement.row_key`'s fields, so a resumed
+    Built from :func:`~anomalib_featureridge.benchmark.rows.row_key`'s fields, so a resumed
     run and a rebuilt report find the same file.
     """
     key = tuple(

@@ -30,9 +30,10 @@ from anomalib_featureridge.benchmark.construction import (
     variants_of,
 )
 from anomalib_featureridge.benchmark.harness import RowFailedError, describe, read_rows, row_appender, run_isolated
-from anomalib_featureridge.benchmark.measurement import FIELDS, measure, row_key
+from anomalib_featureridge.benchmark.measurement import FIELDS, measure
 from anomalib_featureridge.benchmark.options import complete, model_options
 from anomalib_featureridge.benchmark.report import write_report
+from anomalib_featureridge.benchmark.rows import row_key
 
 # What identifies a row for resuming.
 
