@@ -16,7 +16,7 @@ import torch
 
 from .heads import head_class
 from .heads.base import Head
-from .options import ALWAYS, OPTIONS, check_options
+from .options import OPTIONS, check_options, saved_value
 
 # The pipeline's own entries, which kept their names.
 PIPELINE = ("feature_extractor", "fitted", "shallow_channels", "deep_channels")
@@ -70,16 +70,12 @@ def upgraded_pickle(state: dict[str, Any]) -> dict[str, Any]:
     buffers, modules = state["_buffers"], state["_modules"]
     blur = modules.get("blur", state.get("blur"))
     head_name = state.get("head", "paper")
-    values = {"sigma": _sigma(blur)}
-    for option in OPTIONS:
-        if option.name in ("pre_trained", "backbone_weights", "sigma"):
-            continue
-        if option.name in state and option.reads(head_name):
-            values[option.name] = state[option.name]
-        elif option.before_it_existed is not ALWAYS and option.reads(head_name):
-            values[option.name] = option.before_it_existed
-        else:
-            values[option.name] = option.default
+    values = {
+        option.name: saved_value(option, head_name, state)
+        for option in OPTIONS
+        if option.name not in ("pre_trained", "backbone_weights", "sigma")
+    }
+    values["sigma"] = _sigma(blur)
     settings = {k: v for k, v in check_options(values).items() if k not in ("pre_trained", "backbone_weights")}
     extractor = modules["feature_extractor"]
     channels = tuple(extractor.feature_info.channels())

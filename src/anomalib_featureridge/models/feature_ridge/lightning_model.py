@@ -39,7 +39,7 @@ from anomalib_featureridge.components.feature_extractor import defer_pretrained_
 from anomalib_featureridge.components.scoring_module import ScoringModelMixin
 
 from . import distributed
-from .options import ALWAYS, BY_NAME, DEFAULTS, OPTIONS, check_options, describe, recorded_settings
+from .options import ALWAYS, BY_NAME, DEFAULTS, OPTIONS, check_options, describe, recorded_settings, saved_value
 from .torch_model import FeatureRidgeModel
 
 logger = logging.getLogger(__name__)
@@ -117,21 +117,19 @@ class FeatureRidge(ScoringModelMixin, PreparedExportMixin, AnomalibModule):
         Options added after a checkpoint was saved take the value models scored with before they existed.
         """
         recorded = checkpoint.get(TRAINED_WITH_KEY, {})
-        # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so a setting that
-        # the recorded ones lack predates its option and scores as models did before it.
-        saved = {**checkpoint.get("hyper_parameters", {}), **recorded}
-        head = recorded.get("head", BY_NAME["head"].before_it_existed)
-        trained = {}
-        for option in OPTIONS:
-            if not option.recorded:
-                continue
-            if not option.reads(head):
-                value = option.default
-            elif option.before_it_existed is ALWAYS:
-                value = saved.get(option.name, option.default)
-            else:
-                value = recorded.get(option.name, option.before_it_existed)
-            trained[option.name] = option.validated(value)
+        # load_from_checkpoint writes its keyword arguments into the hyper-parameters, so only the options
+        # every checkpoint recorded are read from them; one the recorded settings lack predates its option.
+        hyper_parameters = checkpoint.get("hyper_parameters", {})
+        always = {
+            name: value
+            for name, value in hyper_parameters.items()
+            if name in BY_NAME and BY_NAME[name].before_it_existed is ALWAYS
+        }
+        saved = {**always, **recorded}
+        head = saved_value(BY_NAME["head"], "paper", saved)
+        trained = {
+            option.name: option.validated(saved_value(option, head, saved)) for option in OPTIONS if option.recorded
+        }
         return trained
 
     def adopt_checkpoint_settings(self, checkpoint: dict[str, Any], path: object) -> None:

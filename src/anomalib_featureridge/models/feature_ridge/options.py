@@ -260,6 +260,19 @@ def check_options(values: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def saved_value(option: Option, head: str, saved: dict[str, Any]) -> Any:
+    """The value of ``option`` a model saved with ``saved`` (and ``head``) scores with.
+
+    An option its head does not read takes its default; one the save lacks, the value models scored with
+    before the option existed (its default for options every saved model recorded).
+    """
+    if not option.reads(head):
+        return option.default
+    if option.name in saved:
+        return saved[option.name]
+    return option.default if option.before_it_existed is ALWAYS else option.before_it_existed
+
+
 def recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings a checkpoint records for its head: those scores depend on, that the head reads."""
     head = settings["head"]
